@@ -1,0 +1,292 @@
+// Host side of the public API: argument checking, workspace sizing and the launch sequence.
+//
+// What validate() cannot check: cache_seqlens and block_table live in device memory, and
+// reading them would need a host sync (and would break CUDA-graph capture). The kernels clamp
+// nothing, so the caller must guarantee 0 <= cache_seqlens[i] <= max_blocks_per_seq * 64 and
+// that every block_table entry covering a live token is in [0, num_blocks). The sizes of
+// o_accum / lse_accum are not part of MlaDecodeParams either: allocate at least
+// o_accum_elems() / lse_accum_elems() for the same batch, num_sm_parts and heads.
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <sstream>
+#include <string>
+
+#include "flashmla/flashmla.h"
+#include "internal.h"
+
+namespace flashmla {
+namespace {
+
+template <class T>
+std::string str(T v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
+}
+
+void require_at_least(const char* name, int64_t value, int64_t min) {
+  if (value < min) throw Error(std::string(name) + " must be >= " + str(min) + ", got " + str(value));
+}
+
+void require_equal(const char* name, int64_t value, int64_t expected) {
+  if (value != expected)
+    throw Error(std::string(name) + " must be " + str(expected) + ", got " + str(value));
+}
+
+void require_non_null(const char* name, const void* ptr) {
+  if (ptr == nullptr) throw Error(std::string(name) + " must not be null");
+}
+
+void require_aligned(const char* name, const void* ptr, uintptr_t bytes) {
+  if (reinterpret_cast<uintptr_t>(ptr) % bytes != 0)
+    throw Error(std::string(name) + " must be " + str(bytes) + "-byte aligned, got address " +
+                str(ptr));
+}
+
+// Pointer queries are not stream work, but a thread in global capture mode may refuse any
+// call it deems unsafe and invalidate the capture; relaxed mode for the duration of the
+// checks keeps validate() (and so mla_decode) usable inside torch.cuda.graph capture.
+class RelaxedCaptureScope {
+ public:
+  RelaxedCaptureScope() {
+    ok_ = cudaThreadExchangeStreamCaptureMode(&mode_) == cudaSuccess;
+    if (!ok_) (void)cudaGetLastError();  // e.g. no device: the caller's checks report that
+  }
+  ~RelaxedCaptureScope() {
+    if (ok_) cudaThreadExchangeStreamCaptureMode(&mode_);
+  }
+  RelaxedCaptureScope(const RelaxedCaptureScope&) = delete;
+  RelaxedCaptureScope& operator=(const RelaxedCaptureScope&) = delete;
+
+ private:
+  cudaStreamCaptureMode mode_ = cudaStreamCaptureModeRelaxed;
+  bool ok_ = false;
+};
+
+// The runtime of a CPU-only machine cannot classify pointers at all; validation of shapes
+// must still work there (unit tests, building the params before a device is picked).
+bool cuda_device_present() {
+  static const bool present = [] {
+    RelaxedCaptureScope relaxed;  // the first call may come while a graph is being captured
+    int n = 0;
+    const cudaError_t err = cudaGetDeviceCount(&n);
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();  // do not leave our probe's error for the caller to find
+      return false;
+    }
+    return n > 0;
+  }();
+  return present;
+}
+
+void require_device_pointer(const char* name, const void* ptr) {
+  cudaPointerAttributes attr{};
+  const cudaError_t err = cudaPointerGetAttributes(&attr, ptr);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    throw Error(std::string(name) + " is not a valid pointer (cudaPointerGetAttributes: " +
+                cudaGetErrorString(err) + ")");
+  }
+  if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
+    throw Error(std::string(name) + " must point to device or managed memory, got " +
+                (attr.type == cudaMemoryTypeHost ? "pinned host memory" : "unregistered host memory"));
+}
+
+// One dimension of a strided tensor whose innermost dimension is contiguous.
+struct Dim {
+  const char* stride_name;
+  int64_t extent;
+  int64_t stride;  // elements
+};
+
+// Vector loads and TMA read 16-byte chunks, so every stride that is actually stepped must
+// be a whole number of 16 bytes (8 bf16). Rows must not overlap: sort the stepped dims by
+// stride and require each to clear the span of everything inside it. A dimension of extent 1
+// is never stepped, so its stride is free (PyTorch gives such dims arbitrary strides) unless
+// `strict` - k_cache strides all go into a TMA descriptor whatever the extent.
+template <int N>
+void check_layout(const char* tensor, int64_t inner_extent, Dim (&dims)[N], bool strict) {
+  Dim stepped[N];
+  int n = 0;
+  for (const Dim& d : dims) {
+    if (d.extent <= 1 && !strict) continue;
+    if (d.stride <= 0 || d.stride % 8 != 0)
+      throw Error(std::string(d.stride_name) + " must be a positive multiple of 8 elements (16 bytes), got " +
+                  str(d.stride));
+    if (d.extent > 1) stepped[n++] = d;
+  }
+  std::stable_sort(stepped, stepped + n, [](const Dim& a, const Dim& b) { return a.stride < b.stride; });
+  int64_t span = inner_extent;  // elements from the first to one past the last of the inner dims
+  for (int i = 0; i < n; ++i) {
+    const Dim& d = stepped[i];
+    if (d.stride < span)
+      throw Error(std::string(d.stride_name) + " must be >= " + str(span) + " so that " + tensor +
+                  " rows do not overlap, got " + str(d.stride));
+    if (d.stride > (INT64_MAX - span) / (d.extent - 1))
+      throw Error(std::string(d.stride_name) + " is too large, got " + str(d.stride));
+    span += d.stride * (d.extent - 1);
+  }
+}
+
+// Shapes, scalars, q / k_cache / block_table / seqlens / out / lse: what both the decode
+// path and the GPU reference read.
+void validate_problem(const MlaDecodeParams& p) {
+  if (p.dtype == DType::kFP16)
+    throw Error("dtype kFP16 is not supported yet (only kBF16 is implemented)");
+  if (p.dtype != DType::kBF16)
+    throw Error("dtype must be kBF16, got " + str(static_cast<int>(p.dtype)));
+
+  require_at_least("batch", p.batch, 1);
+  require_at_least("seqlen_q", p.seqlen_q, 1);
+  require_at_least("num_heads_q", p.num_heads_q, 1);
+  require_at_least("num_heads_kv", p.num_heads_kv, 1);
+  if (p.num_heads_q % p.num_heads_kv != 0)
+    throw Error("num_heads_q must be a multiple of num_heads_kv, got num_heads_q = " +
+                str(p.num_heads_q) + ", num_heads_kv = " + str(p.num_heads_kv));
+  if (static_cast<int64_t>(p.seqlen_q) * p.num_heads_q > INT_MAX)
+    throw Error("seqlen_q * num_heads_q must fit in int32, got " +
+                str(static_cast<int64_t>(p.seqlen_q) * p.num_heads_q));
+  require_equal("head_dim", p.head_dim, kHeadDim);
+  require_equal("head_dim_v", p.head_dim_v, kHeadDimV);
+  require_equal("page_block_size", p.page_block_size, kPageBlockSize);
+  require_at_least("num_blocks", p.num_blocks, 1);
+  require_at_least("max_blocks_per_seq", p.max_blocks_per_seq, 1);
+  if (!std::isfinite(p.softmax_scale) || p.softmax_scale <= 0.f)
+    throw Error("softmax_scale must be finite and > 0, got " + str(p.softmax_scale));
+
+  require_non_null("q", p.q);
+  require_non_null("k_cache", p.k_cache);
+  require_non_null("block_table", p.block_table);
+  require_non_null("cache_seqlens", p.cache_seqlens);
+  require_non_null("out", p.out);
+  require_non_null("lse", p.lse);
+
+  require_aligned("q", p.q, 16);
+  require_aligned("k_cache", p.k_cache, 16);
+  require_aligned("out", p.out, 16);
+  require_aligned("block_table", p.block_table, 4);
+  require_aligned("cache_seqlens", p.cache_seqlens, 4);
+  require_aligned("lse", p.lse, 4);
+
+  Dim q_dims[] = {{"q_head_stride", p.num_heads_q, p.q_head_stride},
+                  {"q_seq_stride", p.seqlen_q, p.q_seq_stride},
+                  {"q_batch_stride", p.batch, p.q_batch_stride}};
+  check_layout("q", kHeadDim, q_dims, /*strict=*/false);
+  Dim k_dims[] = {{"k_head_stride", p.num_heads_kv, p.k_head_stride},
+                  {"k_row_stride", p.page_block_size, p.k_row_stride},
+                  {"k_block_stride", p.num_blocks, p.k_block_stride}};
+  check_layout("k_cache", kHeadDim, k_dims, /*strict=*/true);
+  Dim o_dims[] = {{"o_head_stride", p.num_heads_q, p.o_head_stride},
+                  {"o_seq_stride", p.seqlen_q, p.o_seq_stride},
+                  {"o_batch_stride", p.batch, p.o_batch_stride}};
+  check_layout("out", kHeadDimV, o_dims, /*strict=*/false);
+  if (p.batch > 1 && p.block_table_batch_stride < p.max_blocks_per_seq)
+    throw Error("block_table_batch_stride must be >= max_blocks_per_seq (" +
+                str(p.max_blocks_per_seq) + "), got " + str(p.block_table_batch_stride));
+
+  if (cuda_device_present()) {
+    RelaxedCaptureScope relaxed;
+    require_device_pointer("q", p.q);
+    require_device_pointer("k_cache", p.k_cache);
+    require_device_pointer("block_table", p.block_table);
+    require_device_pointer("cache_seqlens", p.cache_seqlens);
+    require_device_pointer("out", p.out);
+    require_device_pointer("lse", p.lse);
+  }
+}
+
+// The split-KV schedule and its workspace, used by mla_decode only.
+void validate_schedule(const MlaDecodeParams& p) {
+  require_at_least("num_sm_parts", p.num_sm_parts, 1);
+  require_non_null("tile_scheduler_metadata", p.tile_scheduler_metadata);
+  require_non_null("num_splits", p.num_splits);
+  require_non_null("o_accum", p.o_accum);
+  require_non_null("lse_accum", p.lse_accum);
+  require_aligned("tile_scheduler_metadata", p.tile_scheduler_metadata, 16);
+  require_aligned("num_splits", p.num_splits, 4);
+  require_aligned("o_accum", p.o_accum, 16);
+  require_aligned("lse_accum", p.lse_accum, 4);
+  if (cuda_device_present()) {
+    RelaxedCaptureScope relaxed;
+    require_device_pointer("tile_scheduler_metadata", p.tile_scheduler_metadata);
+    require_device_pointer("num_splits", p.num_splits);
+    require_device_pointer("o_accum", p.o_accum);
+    require_device_pointer("lse_accum", p.lse_accum);
+  }
+}
+
+void check_sizes(int batch, int num_parts, int num_heads_kv, int rows_per_kv_head) {
+  require_at_least("batch", batch, 1);
+  require_at_least("num_sm_parts", num_parts, 1);
+  require_at_least("num_heads_kv", num_heads_kv, 1);
+  require_at_least("rows_per_kv_head", rows_per_kv_head, 1);
+}
+
+}  // namespace
+
+int num_sm_parts(int num_sms, int rows_per_kv_head, int num_heads_kv) {
+  require_at_least("num_sms", num_sms, 1);
+  require_at_least("rows_per_kv_head", rows_per_kv_head, 1);
+  require_at_least("num_heads_kv", num_heads_kv, 1);
+  const int tiles = (rows_per_kv_head + kTileRows - 1) / kTileRows;
+  return std::max(1, num_sms / num_heads_kv / tiles);
+}
+
+size_t o_accum_elems(int batch, int num_sm_parts, int num_heads_kv, int rows_per_kv_head) {
+  check_sizes(batch, num_sm_parts, num_heads_kv, rows_per_kv_head);
+  // Split pieces number at most batch + num_sm_parts - 1 (each part adds at most one cut).
+  return (static_cast<size_t>(batch) + num_sm_parts) * num_heads_kv * rows_per_kv_head * kHeadDimV;
+}
+
+size_t lse_accum_elems(int batch, int num_sm_parts, int num_heads_kv, int rows_per_kv_head) {
+  check_sizes(batch, num_sm_parts, num_heads_kv, rows_per_kv_head);
+  return (static_cast<size_t>(batch) + num_sm_parts) * num_heads_kv * rows_per_kv_head;
+}
+
+void get_mla_metadata(const int32_t* cache_seqlens, int batch, int rows_per_kv_head,
+                      int num_heads_kv, int num_sm_parts, int32_t* tile_scheduler_metadata,
+                      int32_t* num_splits, cudaStream_t stream) {
+  check_sizes(batch, num_sm_parts, num_heads_kv, rows_per_kv_head);
+  require_non_null("cache_seqlens", cache_seqlens);
+  require_non_null("tile_scheduler_metadata", tile_scheduler_metadata);
+  require_non_null("num_splits", num_splits);
+  if (cuda_device_present()) {
+    RelaxedCaptureScope relaxed;
+    require_device_pointer("cache_seqlens", cache_seqlens);
+    require_device_pointer("tile_scheduler_metadata", tile_scheduler_metadata);
+    require_device_pointer("num_splits", num_splits);
+  }
+  detail::launch_metadata(cache_seqlens, batch, num_sm_parts, tile_scheduler_metadata, num_splits,
+                          stream);
+}
+
+void validate(const MlaDecodeParams& p) {
+  validate_problem(p);
+  validate_schedule(p);
+}
+
+bool can_implement(const MlaDecodeParams& p, std::string* why) {
+  try {
+    validate(p);
+  } catch (const Error& e) {
+    if (why) *why = e.what();
+    return false;
+  }
+  if (why) why->clear();
+  return true;
+}
+
+void mla_decode(const MlaDecodeParams& p, cudaStream_t stream) {
+  validate(p);
+  detail::launch_decode_sm90(p, stream);
+  detail::launch_combine(p, stream);
+}
+
+void mla_decode_reference_gpu(const MlaDecodeParams& p, cudaStream_t stream) {
+  validate_problem(p);
+  detail::launch_reference_gpu(p, stream);
+}
+
+}  // namespace flashmla

@@ -1,0 +1,129 @@
+// Split-KV combine: merges the partial results of a sequence that the scheduler cut into
+// n >= 2 pieces, weighting each piece by its softmax denominator (its LSE). Also writes the
+// empty-row result (out = 0, lse = +inf) for sequences with no piece at all (n == 0).
+//
+// One CTA per (sequence, kv head, query row); 128 threads, thread t owns output columns
+// 4t .. 4t+3 and reads them from every partial as one float4.
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "internal.h"
+
+namespace flashmla::detail {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kColsPerThread = 4;
+static_assert(kThreads * kColsPerThread == kHeadDimV, "one float4 of columns per thread");
+constexpr int kMaxStagedSplits = 256;  // partial weights staged in shared memory per pass
+constexpr float kLn2 = 0.69314718055994530942f;
+
+struct MaxOp {
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+struct SumOp {
+  __device__ float operator()(float a, float b) const { return a + b; }
+};
+
+// Reduces v over the CTA; every thread gets the result. scratch holds kWarps floats and may
+// be reused right after the call returns (the trailing barrier protects it).
+template <typename Op>
+__device__ float block_reduce(float v, float* scratch, Op op) {
+  for (int off = 16; off > 0; off >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, off));
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+  __syncthreads();
+  v = scratch[0];
+  for (int w = 1; w < kWarps; ++w) v = op(v, scratch[w]);
+  __syncthreads();
+  return v;
+}
+
+__global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams p) {
+  __shared__ float s_scratch[kWarps];
+  __shared__ float s_weight[kMaxStagedSplits];
+
+  const int b = blockIdx.x;
+  const int h_per = p.num_heads_q / p.num_heads_kv;
+  const int rows = p.seqlen_q * h_per;
+  const int row = blockIdx.y;  // g * rows + r, the partials' row index within a split
+  const int g = row / rows;
+  const int r = row % rows;
+  const int s = r / h_per;
+  const int h = g * h_per + r % h_per;
+
+  const int first = p.num_splits[b];
+  const int n = p.num_splits[b + 1] - first;
+  if (n == 1) return;  // the decode kernel wrote out and lse itself
+
+  auto* out = static_cast<__nv_bfloat16*>(p.out) + b * p.o_batch_stride + s * p.o_seq_stride +
+              h * p.o_head_stride + kColsPerThread * threadIdx.x;
+  float* lse = p.lse + (static_cast<int64_t>(b) * p.num_heads_q + h) * p.seqlen_q + s;
+
+  // Partial i of this row sits at index (first + i) * h_kv * rows + row.
+  const int64_t split_stride = static_cast<int64_t>(p.num_heads_kv) * rows;
+  const float* lse2 = p.lse_accum + first * split_stride + row;
+  const float* o_part = p.o_accum + (first * split_stride + row) * kHeadDimV +
+                        kColsPerThread * threadIdx.x;
+
+  // Largest partial LSE (log2 domain); -inf when no piece saw a key, or when n == 0.
+  float m = -INFINITY;
+  for (int i = threadIdx.x; i < n; i += kThreads) m = fmaxf(m, lse2[i * split_stride]);
+  m = block_reduce(m, s_scratch, MaxOp());
+
+  float result[kColsPerThread] = {0.f, 0.f, 0.f, 0.f};
+  float lse_out = INFINITY;
+  if (m != -INFINITY) {  // block-uniform, so the barriers below are reached by all threads
+    float sum = 0.f;
+    for (int i = threadIdx.x; i < n; i += kThreads) sum += exp2f(lse2[i * split_stride] - m);
+    sum = block_reduce(sum, s_scratch, SumOp());
+    // Row LSE in the log2 domain; w_i = exp2(lse2_i - m) / sum = exp2(lse2_i - total). Folding
+    // the 1/sum into the exponent avoids a division (whose slow path costs a call and a spill).
+    const float total = m + log2f(sum);
+
+    for (int base = 0; base < n; base += kMaxStagedSplits) {
+      const int count = min(n - base, kMaxStagedSplits);
+      for (int i = threadIdx.x; i < count; i += kThreads) {
+        s_weight[i] = exp2f(lse2[(base + i) * split_stride] - total);
+      }
+      __syncthreads();
+      for (int i = 0; i < count; ++i) {
+        const float w = s_weight[i];
+        // A piece that saw no key (lse2 = -inf, weight 0) may have left garbage or NaN in
+        // o_accum; skipping it keeps 0 * NaN out of the sum. w is uniform: no divergence.
+        if (w == 0.f) continue;
+        const float4 o = *reinterpret_cast<const float4*>(o_part +
+                                                          (base + i) * split_stride * kHeadDimV);
+        result[0] = fmaf(w, o.x, result[0]);
+        result[1] = fmaf(w, o.y, result[1]);
+        result[2] = fmaf(w, o.z, result[2]);
+        result[3] = fmaf(w, o.w, result[3]);
+      }
+      __syncthreads();  // s_weight is overwritten by the next chunk
+    }
+    lse_out = total * kLn2;
+  }
+
+  // Scalar stores: they assume nothing about the alignment of the out strides.
+  for (int c = 0; c < kColsPerThread; ++c) out[c] = __float2bfloat16_rn(result[c]);
+  if (threadIdx.x == 0) *lse = lse_out;
+}
+
+}  // namespace
+
+void launch_combine(const MlaDecodeParams& p, cudaStream_t stream) {
+  if (p.dtype != DType::kBF16) throw Error("combine: only bf16 is supported");
+  const int64_t rows_all = static_cast<int64_t>(p.seqlen_q) * p.num_heads_q;  // h_kv * rows
+  if (p.batch == 0 || rows_all == 0) return;  // a zero-sized grid is a launch error
+  if (rows_all > 65535) {
+    throw Error("combine: seqlen_q * num_heads_q must be <= 65535 (grid.y), got " +
+                std::to_string(rows_all));
+  }
+  const dim3 grid(static_cast<unsigned>(p.batch), static_cast<unsigned>(rows_all));
+  combine_kernel<<<grid, kThreads, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "combine_kernel launch");
+}
+
+}  // namespace flashmla::detail

@@ -1,0 +1,33 @@
+// Internal launch entry points shared by the host API (src/api.cpp) and the CUDA sources.
+// Everything here assumes the arguments were already checked by validate().
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <string>
+
+#include "flashmla/flashmla.h"
+
+namespace flashmla::detail {
+
+// Throws flashmla::Error("<what>: <cuda error string>") when err != cudaSuccess.
+inline void check_cuda(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw Error(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+// src/metadata.cu: plan_schedule() on the GPU (one CTA), no host sync.
+void launch_metadata(const int32_t* cache_seqlens, int batch, int num_parts,
+                     int32_t* tile_scheduler_metadata, int32_t* num_splits, cudaStream_t stream);
+
+// src/sm90/decode_*.cu: the split-KV decode kernel (writes out/lse for unsplit sequences,
+// o_accum/lse_accum for split ones).
+void launch_decode_sm90(const MlaDecodeParams& p, cudaStream_t stream);
+
+// src/combine.cu: merges split partials by their LSEs; also writes out = 0, lse = +inf for
+// empty sequences.
+void launch_combine(const MlaDecodeParams& p, cudaStream_t stream);
+
+// src/reference/reference_gpu.cu: the simple fp32 oracle.
+void launch_reference_gpu(const MlaDecodeParams& p, cudaStream_t stream);
+
+}  // namespace flashmla::detail

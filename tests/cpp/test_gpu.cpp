@@ -1,0 +1,657 @@
+// End-to-end GPU tests: get_mla_metadata + mla_decode against the CPU oracle (small shapes)
+// and the GPU reference (large shapes), GPU metadata against the host planner, and graph
+// capture with seqlens changing between replays. Without an sm_90 device every test skips
+// with the reason.
+//
+// Inputs are hostile on purpose: page tables are shuffled, unused table entries are huge
+// ids, every KV slot no live token owns (spare pages, page tails, stride padding) is NaN, and
+// all outputs and workspaces start as NaN, so any read of dead data or any unwritten output
+// shows up as a NaN.
+#include <gtest/gtest.h>
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <numeric>
+#include <ostream>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "flashmla/flashmla.h"
+#include "reference/bf16.h"
+#include "reference/reference_cpu.h"
+#include "scheduler/plan.h"
+
+namespace {
+
+using flashmla::reference::bf16_to_float;
+using flashmla::reference::float_to_bf16;
+using flashmla::reference::kBF16QuietNaN;
+
+constexpr int kD = 576, kDv = 512, kPage = 64;
+constexpr int32_t kUnusedPage = 0x7fffffff;
+
+void ck(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+// Empty string if the tests can run, else why not.
+std::string gpu_unavailable_reason() {
+  static const std::string reason = [] {
+    int n = 0;
+    const cudaError_t err = cudaGetDeviceCount(&n);
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();
+      return std::string("no CUDA device (cudaGetDeviceCount: ") + cudaGetErrorString(err) + ")";
+    }
+    if (n == 0) return std::string("no CUDA device (cudaGetDeviceCount returned 0)");
+    cudaDeviceProp prop{};
+    if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return std::string("cudaGetDeviceProperties failed");
+    if (prop.major != 9 || prop.minor != 0)
+      return "kernels are built for sm_90a, device 0 is sm_" + std::to_string(prop.major * 10 + prop.minor);
+    return std::string();
+  }();
+  return reason;
+}
+
+class GpuTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const std::string why = gpu_unavailable_reason();
+    if (!why.empty()) {
+      std::printf("skipping: %s\n", why.c_str());
+      GTEST_SKIP() << why;
+    }
+  }
+};
+
+int device_sms() {
+  int dev = 0, sms = 0;
+  ck(cudaGetDevice(&dev), "cudaGetDevice");
+  ck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  return sms;
+}
+
+template <class T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t n) : n_(n) { ck(cudaMalloc(reinterpret_cast<void**>(&ptr_), std::max<size_t>(n, 1) * sizeof(T)), "cudaMalloc"); }
+  ~DeviceBuffer() {
+    if (ptr_) cudaFree(ptr_);
+  }
+  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), n_(o.n_) { o.ptr_ = nullptr; }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    std::swap(ptr_, o.ptr_);
+    std::swap(n_, o.n_);
+    return *this;
+  }
+  T* get() const { return ptr_; }
+  size_t size() const { return n_; }
+  void upload(const std::vector<T>& h) {
+    if (h.size() != n_) throw std::runtime_error("upload: size mismatch");
+    ck(cudaMemcpy(ptr_, h.data(), n_ * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy H2D");
+  }
+  std::vector<T> download() const {
+    std::vector<T> h(n_);
+    ck(cudaMemcpy(h.data(), ptr_, n_ * sizeof(T), cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
+    return h;
+  }
+  // All-ones bytes are a NaN in bf16 and fp32, and -1 as int32.
+  void poison(cudaStream_t s) { ck(cudaMemsetAsync(ptr_, 0xff, n_ * sizeof(T), s), "cudaMemsetAsync"); }
+
+ private:
+  T* ptr_ = nullptr;
+  size_t n_ = 0;
+};
+
+struct Shape {
+  int b = 1, s_q = 1, h_q = 16, h_kv = 1;
+  bool causal = false;
+  std::vector<int32_t> seqlens;
+  unsigned seed = 1;
+  float scale = 1.f / std::sqrt(576.f);
+  bool padded = false;  // non-dense strides for q, k_cache and out
+};
+
+// Host data of one problem: dense copies for the CPU oracle plus the device-layout images.
+struct Problem {
+  Shape sh;
+  flashmla::reference::CpuProblem cpu;
+  int64_t qh, qs, qb, kh, kr, kb, oh, os, ob;  // element strides of the device layouts
+  std::vector<int32_t> table;                   // [b, max_blocks]
+  std::vector<uint16_t> q, k;                   // dense: [b,s_q,h_q,576], [blocks,64,h_kv,576]
+  std::vector<uint16_t> q_dev, k_dev;           // strided images with NaN padding
+
+  explicit Problem(const Shape& shape) : sh(shape) {
+    if (static_cast<int>(sh.seqlens.size()) != sh.b) throw std::runtime_error("seqlens size != b");
+    std::mt19937 rng(sh.seed);
+    std::normal_distribution<float> normal(0.f, 1.f);
+    int max_len = 0, live_pages = 0;
+    for (int L : sh.seqlens) {
+      max_len = std::max(max_len, L);
+      live_pages += (L + kPage - 1) / kPage;
+    }
+    cpu.batch = sh.b;
+    cpu.seqlen_q = sh.s_q;
+    cpu.num_heads_q = sh.h_q;
+    cpu.num_heads_kv = sh.h_kv;
+    cpu.causal = sh.causal;
+    cpu.softmax_scale = sh.scale;
+    cpu.max_blocks_per_seq = (max_len + kPage - 1) / kPage + 1;  // a column nobody uses
+    cpu.num_blocks = live_pages + 3;                              // pages nobody owns
+
+    const int pad = sh.padded ? 64 : 0;
+    qh = kD + pad;
+    qs = sh.h_q * qh;
+    qb = sh.s_q * qs + pad;
+    kh = kD + pad;
+    kr = sh.h_kv * kh + (sh.padded ? 8 : 0);
+    kb = kPage * kr + 2 * pad;
+    oh = kDv + pad;
+    os = sh.h_q * oh;
+    ob = sh.s_q * os + pad;
+
+    std::vector<int32_t> pages(cpu.num_blocks);
+    std::iota(pages.begin(), pages.end(), 0);
+    std::shuffle(pages.begin(), pages.end(), rng);
+    table.assign(static_cast<size_t>(sh.b) * cpu.max_blocks_per_seq, kUnusedPage);
+    k.assign(static_cast<size_t>(cpu.num_blocks) * kPage * sh.h_kv * kD, kBF16QuietNaN);
+    int next = 0;
+    for (int b = 0; b < sh.b; ++b)
+      for (int t = 0; t < sh.seqlens[b]; ++t) {
+        int32_t& entry = table[static_cast<size_t>(b) * cpu.max_blocks_per_seq + t / kPage];
+        if (t % kPage == 0) entry = pages[next++];
+        uint16_t* row = &k[(static_cast<size_t>(entry) * kPage + t % kPage) * sh.h_kv * kD];
+        for (int c = 0; c < sh.h_kv * kD; ++c) row[c] = float_to_bf16(normal(rng));
+      }
+    q.resize(static_cast<size_t>(sh.b) * sh.s_q * sh.h_q * kD);
+    for (auto& x : q) x = float_to_bf16(normal(rng));
+
+    q_dev.assign(static_cast<size_t>(sh.b) * qb, kBF16QuietNaN);
+    for (int b = 0; b < sh.b; ++b)
+      for (int s = 0; s < sh.s_q; ++s)
+        for (int h = 0; h < sh.h_q; ++h)
+          std::copy_n(&q[((static_cast<size_t>(b) * sh.s_q + s) * sh.h_q + h) * kD], kD,
+                      &q_dev[b * qb + s * qs + h * qh]);
+    k_dev.assign(static_cast<size_t>(cpu.num_blocks) * kb, kBF16QuietNaN);
+    for (int p = 0; p < cpu.num_blocks; ++p)
+      for (int r = 0; r < kPage; ++r)
+        for (int h = 0; h < sh.h_kv; ++h)
+          std::copy_n(&k[((static_cast<size_t>(p) * kPage + r) * sh.h_kv + h) * kD], kD,
+                      &k_dev[p * kb + r * kr + h * kh]);
+  }
+
+  int rows() const { return sh.s_q * sh.h_q / sh.h_kv; }
+  size_t out_elems() const { return static_cast<size_t>(sh.b) * ob; }
+  size_t lse_elems() const { return static_cast<size_t>(sh.b) * sh.h_q * sh.s_q; }
+
+  void reference_cpu(std::vector<float>& out, std::vector<float>& lse) const {
+    out.assign(static_cast<size_t>(sh.b) * sh.s_q * sh.h_q * kDv, 0.f);
+    lse.assign(lse_elems(), 0.f);
+    flashmla::reference::mla_decode_cpu(cpu, q.data(), k.data(), table.data(), sh.seqlens.data(),
+                                        out.data(), lse.data());
+  }
+
+  // Dense [b, s_q, h_q, 512] floats out of a strided bf16 image.
+  std::vector<float> gather_out(const std::vector<uint16_t>& dev) const {
+    std::vector<float> out(static_cast<size_t>(sh.b) * sh.s_q * sh.h_q * kDv);
+    for (int b = 0; b < sh.b; ++b)
+      for (int s = 0; s < sh.s_q; ++s)
+        for (int h = 0; h < sh.h_q; ++h)
+          for (int c = 0; c < kDv; ++c)
+            out[((static_cast<size_t>(b) * sh.s_q + s) * sh.h_q + h) * kDv + c] =
+                bf16_to_float(dev[b * ob + s * os + h * oh + c]);
+    return out;
+  }
+};
+
+// Device copies of one problem plus the parameter block pointing at them.
+struct DeviceProblem {
+  DeviceBuffer<uint16_t> q, k, out;
+  DeviceBuffer<int32_t> table, seqlens;
+  DeviceBuffer<float> lse;
+  flashmla::MlaDecodeParams p;
+
+  explicit DeviceProblem(const Problem& h)
+      : q(h.q_dev.size()), k(h.k_dev.size()), out(h.out_elems()), table(h.table.size()),
+        seqlens(h.sh.b), lse(h.lse_elems()) {
+    upload(h);
+    p.batch = h.sh.b;
+    p.seqlen_q = h.sh.s_q;
+    p.num_heads_q = h.sh.h_q;
+    p.num_heads_kv = h.sh.h_kv;
+    p.num_blocks = h.cpu.num_blocks;
+    p.max_blocks_per_seq = h.cpu.max_blocks_per_seq;
+    p.softmax_scale = h.sh.scale;
+    p.causal = h.sh.causal;
+    p.q = q.get();
+    p.q_head_stride = h.qh;
+    p.q_seq_stride = h.qs;
+    p.q_batch_stride = h.qb;
+    p.k_cache = k.get();
+    p.k_head_stride = h.kh;
+    p.k_row_stride = h.kr;
+    p.k_block_stride = h.kb;
+    p.block_table = table.get();
+    p.block_table_batch_stride = h.cpu.max_blocks_per_seq;
+    p.cache_seqlens = seqlens.get();
+    p.out = out.get();
+    p.o_head_stride = h.oh;
+    p.o_seq_stride = h.os;
+    p.o_batch_stride = h.ob;
+    p.lse = lse.get();
+  }
+
+  // Same shapes, new contents (used to change seqlens under a captured graph).
+  void upload(const Problem& h) {
+    q.upload(h.q_dev);
+    k.upload(h.k_dev);
+    table.upload(h.table);
+    seqlens.upload(h.sh.seqlens);
+  }
+};
+
+// Scheduler metadata and split workspace for one parts count.
+struct Schedule {
+  DeviceBuffer<int32_t> meta, splits;
+  DeviceBuffer<float> o_accum, lse_accum;
+  int parts;
+
+  Schedule(const Problem& h, int num_parts)
+      : meta(static_cast<size_t>(num_parts) * flashmla::kMetadataInts), splits(h.sh.b + 1),
+        o_accum(flashmla::o_accum_elems(h.sh.b, num_parts, h.sh.h_kv, h.rows())),
+        lse_accum(flashmla::lse_accum_elems(h.sh.b, num_parts, h.sh.h_kv, h.rows())),
+        parts(num_parts) {}
+
+  void attach(flashmla::MlaDecodeParams& p) const {
+    p.tile_scheduler_metadata = meta.get();
+    p.num_sm_parts = parts;
+    p.num_splits = splits.get();
+    p.o_accum = o_accum.get();
+    p.lse_accum = lse_accum.get();
+  }
+};
+
+struct Result {
+  std::vector<float> out, lse;
+};
+
+Result fetch(const Problem& h, const DeviceProblem& d) {
+  return {h.gather_out(d.out.download()), d.lse.download()};
+}
+
+// Poisons all outputs and workspaces, runs metadata + decode on `stream`, waits.
+void run_decode(DeviceProblem& d, Schedule& sch, const Problem& h, cudaStream_t stream) {
+  d.out.poison(stream);
+  d.lse.poison(stream);
+  sch.meta.poison(stream);
+  sch.splits.poison(stream);
+  sch.o_accum.poison(stream);
+  sch.lse_accum.poison(stream);
+  sch.attach(d.p);
+  flashmla::get_mla_metadata(d.seqlens.get(), h.sh.b, h.rows(), h.sh.h_kv, sch.parts, sch.meta.get(),
+                             sch.splits.get(), stream);
+  flashmla::mla_decode(d.p, stream);
+  ck(cudaGetLastError(), "launch");
+  ck(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+}
+
+// ||got - ref|| / ||ref|| < 1e-2 over out; lse within 1e-3 * max(1, |lse|); +inf exactly
+// where the reference has it (with an all-zero output row); no NaN anywhere.
+void expect_close(const Result& ref, const Result& got, const Shape& sh, const std::string& label) {
+  SCOPED_TRACE(label);
+  ASSERT_EQ(ref.out.size(), got.out.size());
+  ASSERT_EQ(ref.lse.size(), got.lse.size());
+  double diff2 = 0, ref2 = 0;
+  size_t nan_out = 0;
+  for (size_t i = 0; i < ref.out.size(); ++i) {
+    if (std::isnan(got.out[i])) {
+      ++nan_out;
+      continue;
+    }
+    const double d = static_cast<double>(got.out[i]) - ref.out[i];
+    diff2 += d * d;
+    ref2 += static_cast<double>(ref.out[i]) * ref.out[i];
+  }
+  ASSERT_EQ(nan_out, 0u) << "NaN in out";
+  if (ref2 == 0) {
+    EXPECT_EQ(diff2, 0.0) << "reference output is all zero, got nonzero";
+  } else {
+    EXPECT_LT(std::sqrt(diff2 / ref2), 1e-2) << "relative L2 error of out";
+  }
+
+  int bad_lse = 0;
+  for (int b = 0; b < sh.b; ++b)
+    for (int h = 0; h < sh.h_q; ++h)
+      for (int s = 0; s < sh.s_q; ++s) {
+        const size_t i = (static_cast<size_t>(b) * sh.h_q + h) * sh.s_q + s;
+        const float r = ref.lse[i], g = got.lse[i];
+        const bool ok = std::isinf(r) ? (g == r) : (std::isfinite(g) && std::fabs(g - r) < 1e-3 * std::max(1.f, std::fabs(r)));
+        if (!ok && ++bad_lse <= 10)
+          ADD_FAILURE() << "lse[b=" << b << ",h=" << h << ",s=" << s << "] = " << g << ", expected " << r;
+        if (std::isinf(r)) {
+          const float* row = &got.out[((static_cast<size_t>(b) * sh.s_q + s) * sh.h_q + h) * kDv];
+          for (int c = 0; c < kDv; ++c)
+            if (row[c] != 0.f) {
+              ADD_FAILURE() << "row with no visible key must be 0: b=" << b << " s=" << s << " h=" << h;
+              break;
+            }
+        }
+      }
+  EXPECT_EQ(bad_lse, 0) << "lse mismatches";
+}
+
+std::string describe(const Shape& s, int parts) {
+  std::string d = "b=" + std::to_string(s.b) + " s_q=" + std::to_string(s.s_q) + " h_q=" +
+                  std::to_string(s.h_q) + " h_kv=" + std::to_string(s.h_kv) +
+                  (s.causal ? " causal" : "") + (s.padded ? " padded" : "") + " parts=" +
+                  std::to_string(parts) + " seqlens=[";
+  for (size_t i = 0; i < s.seqlens.size() && i < 16; ++i) d += (i ? "," : "") + std::to_string(s.seqlens[i]);
+  return d + (s.seqlens.size() > 16 ? ",...]" : "]");
+}
+
+// Decodes one problem with the natural parts count and with a few forced ones (1 = no
+// splitting beyond necessity, 7 = few long splits), each against the same CPU reference.
+void check_against_cpu(const Shape& sh) {
+  const Problem h(sh);
+  Result ref;
+  h.reference_cpu(ref.out, ref.lse);
+  DeviceProblem d(h);
+  cudaStream_t stream;
+  ck(cudaStreamCreate(&stream), "cudaStreamCreate");
+  const int natural = flashmla::num_sm_parts(device_sms(), h.rows(), sh.h_kv);
+  for (int parts : {natural, 1, 7}) {
+    Schedule sch(h, parts);
+    run_decode(d, sch, h, stream);
+    expect_close(ref, fetch(h, d), sh, describe(sh, parts));
+  }
+  ck(cudaStreamDestroy(stream), "cudaStreamDestroy");
+}
+
+// Varied lengths: empty, 1, page boundaries +-1, and long ones, in shuffled order.
+std::vector<int32_t> varlen(std::mt19937& rng, int b, int max_len) {
+  std::uniform_int_distribution<int> lenient(2, max_len), tail(0, 63);
+  std::vector<int32_t> s = {0, 1, 63, 64, 65, max_len - tail(rng), 128 + tail(rng)};
+  while (static_cast<int>(s.size()) < b) s.push_back(lenient(rng));
+  s.resize(b);
+  std::shuffle(s.begin(), s.end(), rng);
+  return s;
+}
+
+// --- main matrix: h_q x s_q x causal x h_kv, varlen batch of 8 -----------------------------
+
+struct MatrixCase {
+  int h_q, s_q, h_kv;
+  bool causal;
+};
+
+void PrintTo(const MatrixCase& c, std::ostream* os) {
+  *os << "h_q=" << c.h_q << " s_q=" << c.s_q << " h_kv=" << c.h_kv << (c.causal ? " causal" : "");
+}
+
+class GpuMatrix : public ::testing::TestWithParam<MatrixCase> {
+ protected:
+  void SetUp() override {
+    const std::string why = gpu_unavailable_reason();
+    if (!why.empty()) {
+      std::printf("skipping: %s\n", why.c_str());
+      GTEST_SKIP() << why;
+    }
+  }
+};
+
+TEST_P(GpuMatrix, VarlenBatchMatchesCpu) {
+  const MatrixCase c = GetParam();
+  Shape sh;
+  sh.seed = 1000 + c.h_q * 16 + c.s_q * 4 + c.h_kv * 2 + c.causal;
+  std::mt19937 rng(sh.seed);
+  sh.b = 8;
+  sh.s_q = c.s_q;
+  sh.h_q = c.h_q;
+  sh.h_kv = c.h_kv;
+  sh.causal = c.causal;
+  sh.seqlens = varlen(rng, sh.b, 2000);
+  check_against_cpu(sh);
+}
+
+std::vector<MatrixCase> matrix_cases() {
+  std::vector<MatrixCase> v;
+  for (int h_q : {16, 32, 64, 128})
+    for (int s_q : {1, 2})
+      for (bool causal : {false, true})
+        for (int h_kv : {1, 2}) v.push_back({h_q, s_q, h_kv, causal});
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, GpuMatrix, ::testing::ValuesIn(matrix_cases()),
+                         [](const ::testing::TestParamInfo<MatrixCase>& info) {
+                           const MatrixCase& c = info.param;
+                           return "hq" + std::to_string(c.h_q) + "_sq" + std::to_string(c.s_q) + "_hkv" +
+                                  std::to_string(c.h_kv) + (c.causal ? "_causal" : "_full");
+                         });
+
+// --- special batches ------------------------------------------------------------------------
+
+TEST_F(GpuTest, SingleSequence) {
+  for (int L : {1, 64, 1000, 2047}) {
+    Shape sh;
+    sh.seed = 2000 + L;
+    sh.h_q = 128;
+    sh.s_q = 2;
+    sh.causal = true;
+    sh.seqlens = {L};
+    check_against_cpu(sh);
+  }
+  Shape empty;
+  empty.seed = 2100;
+  empty.h_q = 64;
+  empty.seqlens = {0};
+  check_against_cpu(empty);
+}
+
+TEST_F(GpuTest, AllEmptyBatch) {
+  Shape sh;
+  sh.seed = 2200;
+  sh.b = 5;
+  sh.h_q = 32;
+  sh.s_q = 2;
+  sh.seqlens = {0, 0, 0, 0, 0};
+  check_against_cpu(sh);
+}
+
+TEST_F(GpuTest, SkewedBatch) {
+  Shape sh;
+  sh.seed = 2300;
+  sh.b = 8;
+  sh.h_q = 128;
+  sh.s_q = 2;
+  sh.causal = true;
+  sh.seqlens = {3, 2000, 1, 7, 0, 10, 2, 5};
+  check_against_cpu(sh);
+}
+
+TEST_F(GpuTest, PeakySoftmax) {
+  // A large scale makes the softmax nearly one-hot: stresses the running max and the
+  // rescaling of partial results across splits.
+  Shape sh;
+  sh.seed = 2400;
+  sh.b = 4;
+  sh.h_q = 64;
+  sh.s_q = 2;
+  sh.causal = true;
+  sh.scale = 0.5f;
+  sh.seqlens = {1999, 640, 65, 1};
+  check_against_cpu(sh);
+}
+
+TEST_F(GpuTest, PaddedStrides) {
+  for (int h_kv : {1, 2}) {
+    Shape sh;
+    sh.seed = 2500 + h_kv;
+    sh.b = 3;
+    sh.h_q = 64;
+    sh.h_kv = h_kv;
+    sh.s_q = 2;
+    sh.causal = true;
+    sh.padded = true;
+    sh.seqlens = {700, 0, 129};
+    check_against_cpu(sh);
+  }
+}
+
+// --- large shapes against the GPU reference --------------------------------------------------
+
+TEST_F(GpuTest, LargeBatchMatchesGpuReference) {
+  cudaStream_t stream;
+  ck(cudaStreamCreate(&stream), "cudaStreamCreate");
+  unsigned seed = 3000;
+  for (int h_q : {64, 128})
+    for (int s_q : {1, 2}) {
+      Shape sh;
+      sh.seed = ++seed;
+      std::mt19937 rng(sh.seed);
+      sh.b = 16;
+      sh.h_q = h_q;
+      sh.s_q = s_q;
+      sh.causal = true;
+      std::uniform_int_distribution<int> len(7000, 9000);
+      for (int i = 0; i < sh.b; ++i) sh.seqlens.push_back(i == 5 ? 0 : len(rng));
+      const Problem h(sh);
+      DeviceProblem d(h);
+
+      d.out.poison(stream);
+      d.lse.poison(stream);
+      flashmla::mla_decode_reference_gpu(d.p, stream);
+      ck(cudaGetLastError(), "reference launch");
+      ck(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+      const Result ref = fetch(h, d);
+      // The oracle must itself be sane before it judges anything.
+      for (float x : ref.out) ASSERT_FALSE(std::isnan(x)) << "NaN in GPU reference output";
+
+      Schedule sch(h, flashmla::num_sm_parts(device_sms(), h.rows(), sh.h_kv));
+      run_decode(d, sch, h, stream);
+      expect_close(ref, fetch(h, d), sh, describe(sh, sch.parts));
+    }
+  ck(cudaStreamDestroy(stream), "cudaStreamDestroy");
+}
+
+TEST_F(GpuTest, GpuReferenceMatchesCpu) {
+  Shape sh;
+  sh.seed = 3100;
+  std::mt19937 rng(sh.seed);
+  sh.b = 4;
+  sh.h_q = 32;
+  sh.h_kv = 2;
+  sh.s_q = 2;
+  sh.causal = true;
+  sh.seqlens = varlen(rng, sh.b, 1500);
+  const Problem h(sh);
+  Result ref;
+  h.reference_cpu(ref.out, ref.lse);
+  DeviceProblem d(h);
+  d.out.poison(nullptr);
+  d.lse.poison(nullptr);
+  flashmla::mla_decode_reference_gpu(d.p, nullptr);
+  ck(cudaGetLastError(), "reference launch");
+  ck(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  expect_close(ref, fetch(h, d), sh, "GPU reference vs CPU");
+}
+
+// --- metadata ---------------------------------------------------------------------------------
+
+TEST_F(GpuTest, MetadataMatchesHostPlanner) {
+  std::mt19937 rng(4000);
+  cudaStream_t stream;
+  ck(cudaStreamCreate(&stream), "cudaStreamCreate");
+  for (int trial = 0; trial < 60; ++trial) {
+    const int b = trial % 3 == 0 ? std::uniform_int_distribution<int>(1, 1024)(rng)
+                                 : std::uniform_int_distribution<int>(1, 64)(rng);
+    std::vector<int32_t> seqlens(b);
+    std::uniform_int_distribution<int> len(0, 20000), coin(0, 3);
+    for (auto& L : seqlens) L = coin(rng) == 0 ? 0 : len(rng);
+    if (trial == 1) std::fill(seqlens.begin(), seqlens.end(), 0);
+    const int parts_choices[] = {1, 7, 78, 132, 264, std::uniform_int_distribution<int>(1, 264)(rng)};
+    const int parts = parts_choices[trial % 6];
+    SCOPED_TRACE("trial " + std::to_string(trial) + " b=" + std::to_string(b) + " parts=" + std::to_string(parts));
+
+    std::vector<int32_t> meta_host(static_cast<size_t>(parts) * flashmla::kMetadataInts);
+    std::vector<int32_t> splits_host(b + 1);
+    flashmla::plan_schedule(seqlens.data(), b, parts, meta_host.data(), splits_host.data());
+
+    DeviceBuffer<int32_t> seq_d(b), meta_d(meta_host.size()), splits_d(b + 1);
+    seq_d.upload(seqlens);
+    meta_d.poison(stream);
+    splits_d.poison(stream);
+    flashmla::get_mla_metadata(seq_d.get(), b, 64, 1, parts, meta_d.get(), splits_d.get(), stream);
+    ck(cudaGetLastError(), "metadata launch");
+    ck(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    ASSERT_EQ(meta_d.download(), meta_host);
+    ASSERT_EQ(splits_d.download(), splits_host);
+  }
+  ck(cudaStreamDestroy(stream), "cudaStreamDestroy");
+}
+
+// --- CUDA graphs --------------------------------------------------------------------------------
+
+// Capture metadata + decode once (global capture mode, as torch.cuda.graph uses by default),
+// then change seqlens / tables / data in place and replay: the schedule must follow.
+TEST_F(GpuTest, GraphReplayFollowsNewSeqlens) {
+  Shape a;
+  a.seed = 5000;
+  a.b = 6;
+  a.h_q = 128;
+  a.s_q = 2;
+  a.causal = true;
+  a.seqlens = {1500, 1, 0, 700, 64, 1900};
+  Shape b = a;
+  b.seed = 5001;
+  b.seqlens = {64, 1900, 1500, 0, 1, 700};  // same page count and max, so buffers fit
+
+  const Problem ha(a), hb(b);
+  ASSERT_EQ(ha.q_dev.size(), hb.q_dev.size());
+  ASSERT_EQ(ha.k_dev.size(), hb.k_dev.size());
+  ASSERT_EQ(ha.table.size(), hb.table.size());
+  DeviceProblem d(ha);
+  Schedule sch(ha, flashmla::num_sm_parts(device_sms(), ha.rows(), a.h_kv));
+  sch.attach(d.p);
+
+  cudaStream_t stream;
+  ck(cudaStreamCreate(&stream), "cudaStreamCreate");
+  cudaGraph_t graph;
+  ck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "cudaStreamBeginCapture");
+  try {
+    flashmla::get_mla_metadata(d.seqlens.get(), a.b, ha.rows(), a.h_kv, sch.parts, sch.meta.get(),
+                               sch.splits.get(), stream);
+    flashmla::mla_decode(d.p, stream);
+  } catch (...) {
+    cudaStreamEndCapture(stream, &graph);
+    throw;
+  }
+  ck(cudaStreamEndCapture(stream, &graph), "cudaStreamEndCapture");
+  cudaGraphExec_t exec;
+  ck(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+
+  for (const Problem* h : {&ha, &hb, &ha}) {
+    Result ref;
+    h->reference_cpu(ref.out, ref.lse);
+    d.upload(*h);
+    d.out.poison(stream);
+    d.lse.poison(stream);
+    sch.o_accum.poison(stream);
+    ck(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
+    ck(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    expect_close(ref, fetch(*h, d), h->sh, "graph replay " + describe(h->sh, sch.parts));
+  }
+  ck(cudaGraphExecDestroy(exec), "cudaGraphExecDestroy");
+  ck(cudaGraphDestroy(graph), "cudaGraphDestroy");
+  ck(cudaStreamDestroy(stream), "cudaStreamDestroy");
+}
+
+}  // namespace
