@@ -17,6 +17,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
 #include <tuple>
 
 #include "flashmla/flashmla.h"
@@ -35,6 +36,12 @@ void check_int32_vector(const at::Tensor& t, const char* name, int64_t len) {
   TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == len, name, " must have shape [", len,
                     "], got ", t.sizes());
   TORCH_CHECK_VALUE(t.is_contiguous(), name, " must be contiguous");
+}
+
+// The core takes int sizes; anything larger than int32 is a caller error, not a wrap-around.
+int as_int(int64_t v, const char* what) {
+  TORCH_CHECK_VALUE(v >= INT32_MIN && v <= INT32_MAX, what, " = ", v, " does not fit in int32");
+  return static_cast<int>(v);
 }
 
 // The core reports every problem as flashmla::Error; callers of the op should see the same
@@ -66,16 +73,15 @@ std::tuple<at::Tensor, at::Tensor> get_mla_metadata(const at::Tensor& cache_seql
                     cache_seqlens.sizes());
   // (shape is [batch] by definition here; this checks dtype and contiguity)
   check_int32_vector(cache_seqlens, "cache_seqlens", cache_seqlens.size(0));
-  TORCH_CHECK_VALUE(num_q_tokens_per_head_k > 0 && num_q_tokens_per_head_k <= INT32_MAX,
+  TORCH_CHECK_VALUE(num_q_tokens_per_head_k > 0,
                     "num_q_tokens_per_head_k must be positive, got ", num_q_tokens_per_head_k);
-  TORCH_CHECK_VALUE(num_heads_k > 0 && num_heads_k <= INT32_MAX,
-                    "num_heads_k must be positive, got ", num_heads_k);
+  TORCH_CHECK_VALUE(num_heads_k > 0, "num_heads_k must be positive, got ", num_heads_k);
 
   const c10::cuda::CUDAGuard guard(cache_seqlens.device());
   const c10::DeviceIndex dev = cache_seqlens.device().index();
-  const int batch = static_cast<int>(cache_seqlens.size(0));
-  const int rows = static_cast<int>(num_q_tokens_per_head_k);
-  const int h_kv = static_cast<int>(num_heads_k);
+  const int batch = as_int(cache_seqlens.size(0), "cache_seqlens batch");
+  const int rows = as_int(num_q_tokens_per_head_k, "num_q_tokens_per_head_k");
+  const int h_kv = as_int(num_heads_k, "num_heads_k");
 
   int parts = 0;
   call_core([&] { parts = flashmla::num_sm_parts(sm_count(dev), rows, h_kv); });
@@ -154,8 +160,9 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache_mla(
   check_int32_vector(num_splits, "num_splits", batch + 1);
 
   const c10::cuda::CUDAGuard guard(device);
-  const int64_t rows = seqlen_q * (h_q / h_kv);
-  const int64_t parts = tile_scheduler_metadata.size(0);
+  const int rows = as_int(seqlen_q * (h_q / h_kv), "q seqlen_q * num_heads_q / num_heads_k");
+  const int parts = as_int(tile_scheduler_metadata.size(0), "tile_scheduler_metadata num_sm_parts");
+  const int b = as_int(batch, "q batch"), kv_heads = as_int(h_kv, "k_cache num_heads_k");
 
   at::Tensor out = at::empty({batch, seqlen_q, h_q, head_dim_v}, q.options());
   at::Tensor lse = at::empty({batch, h_q, seqlen_q}, q.options().dtype(at::kFloat));
@@ -163,8 +170,8 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache_mla(
   // captured graph stays valid for any lengths replayed into it.
   size_t o_accum_elems = 0, lse_accum_elems = 0;
   call_core([&] {  // these reject batch == 0 etc. with a flashmla::Error
-    o_accum_elems = flashmla::o_accum_elems(batch, parts, h_kv, rows);
-    lse_accum_elems = flashmla::lse_accum_elems(batch, parts, h_kv, rows);
+    o_accum_elems = flashmla::o_accum_elems(b, parts, kv_heads, rows);
+    lse_accum_elems = flashmla::lse_accum_elems(b, parts, kv_heads, rows);
   });
   const auto f32 = q.options().dtype(at::kFloat);
   at::Tensor o_accum = at::empty({static_cast<int64_t>(o_accum_elems)}, f32);
@@ -172,15 +179,15 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache_mla(
 
   flashmla::MlaDecodeParams p;
   p.dtype = dtype == at::kBFloat16 ? flashmla::DType::kBF16 : flashmla::DType::kFP16;
-  p.batch = static_cast<int>(batch);
-  p.seqlen_q = static_cast<int>(seqlen_q);
-  p.num_heads_q = static_cast<int>(h_q);
-  p.num_heads_kv = static_cast<int>(h_kv);
-  p.head_dim = static_cast<int>(q.size(3));
-  p.head_dim_v = static_cast<int>(head_dim_v);
-  p.page_block_size = static_cast<int>(k_cache.size(1));
-  p.num_blocks = static_cast<int>(k_cache.size(0));
-  p.max_blocks_per_seq = static_cast<int>(block_table.size(1));
+  p.batch = b;
+  p.seqlen_q = as_int(seqlen_q, "q seqlen_q");
+  p.num_heads_q = as_int(h_q, "q num_heads_q");
+  p.num_heads_kv = kv_heads;
+  p.head_dim = as_int(q.size(3), "q head_dim");
+  p.head_dim_v = as_int(head_dim_v, "head_dim_v");
+  p.page_block_size = as_int(k_cache.size(1), "k_cache page_block_size");
+  p.num_blocks = as_int(k_cache.size(0), "k_cache num_blocks");
+  p.max_blocks_per_seq = as_int(block_table.size(1), "block_table max_blocks_per_seq");
   p.softmax_scale = static_cast<float>(softmax_scale);
   p.causal = causal;
 
@@ -203,7 +210,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache_mla(
   p.lse = lse.data_ptr<float>();
 
   p.tile_scheduler_metadata = tile_scheduler_metadata.data_ptr<int32_t>();
-  p.num_sm_parts = static_cast<int>(parts);
+  p.num_sm_parts = parts;
   p.num_splits = num_splits.data_ptr<int32_t>();
   p.o_accum = o_accum.data_ptr<float>();
   p.lse_accum = lse_accum.data_ptr<float>();

@@ -1,15 +1,31 @@
-// Split-KV planner shared by the GPU metadata kernel and its host twin (unit-tested on CPU).
+// Split-KV planner: closed form, shared by the GPU metadata kernel (src/metadata.cu, one CTA,
+// parallel) and its host twin plan_schedule() (plain loops, unit-tested on CPU). Both are built
+// from the same __host__ __device__ integer helpers below, so they agree bit for bit.
 //
 // Work is measured in KV blocks (64 tokens). Every non-empty sequence piece also costs
-// kSplitOverheadBlocks (prologue, Q load, epilogue, and for split pieces the combine), so that
-// many short sequences are not packed as if they were free. Parts are filled in batch order:
-// a part takes whole sequences while they fit its payload and then a prefix of the next one.
+// ov = kSplitOverheadBlocks (prologue, Q load, epilogue, and for split pieces the combine), so
+// that many short sequences are not packed as if they were free.
 //
-// Bound (tested): every part's cost <= total / num_parts + 2 * kSplitOverheadBlocks + 1, where
-// total = sum over non-empty sequences of (blocks + kSplitOverheadBlocks).
-// Why: payload = ceil(total / P) + overhead; a non-last part stops only once full, overshooting
-// by at most one overhead, and at most P - 1 pieces beyond the first are created, so the last
-// part gets at most total / P.
+// The plan. Lay the sequences out on a line of "cost positions": sequence i has
+//   cost_i = nblocks_i > 0 ? nblocks_i + ov : 0,   C_i = cost_0 + ... + cost_{i-1},
+// and occupies positions [C_i, C_i + cost_i): its first ov + 1 positions stand for block 0 (the
+// overhead and the block), position C_i + ov + k for block k. total = C_batch and the payload is
+// P = max(1, ceil(total / num_parts)). Part p starts at position x_p = p * P (x_p >= total: at
+// (batch, 0), nothing left), and ends where part p + 1 starts. Position x in sequence i maps to
+// block max(0, x - C_i - ov), so block k of sequence i belongs to part (C_i + ov + k) / P.
+//
+//   pieces_i      = cost_i == 0 ? 0 : 1 + #{q : C_i + ov < q * P < C_i + cost_i}
+//                 = 1 + (C_i + cost_i - 1) / P - (C_i + ov) / P       (a part that starts at
+//                   block 0 of a sequence, i.e. at a position <= C_i + ov, makes no extra piece)
+//   begin_split_p = 0 if part p starts at block 0, else #{q <= p : q * P > C_i + ov}
+//                 = p - (C_i + ov) / P.
+// Several parts may start at block 0 of the same sequence (when P <= ov); all but the last of
+// them are then empty there (begin == end), which the decode kernel skips.
+//
+// Bound (tested): every part's cost, sum over its pieces of (blocks + ov), is <= P + ov. A part
+// spans at most P positions; each of its pieces but the first starts at block 0 of its sequence
+// and so has all its overhead positions inside the part, while the first may start mid-sequence
+// (or mid-overhead) and be charged up to ov positions it does not span.
 #pragma once
 
 #include <cstdint>
@@ -35,50 +51,164 @@ enum MetadataField : int {
 
 FLASHMLA_HOST_DEVICE inline int num_kv_blocks(int seqlen) { return (seqlen + 63) / 64; }
 
-// Fills metadata [num_parts, 8] and num_splits [batch + 1]. Sequential and O(batch +
-// num_parts); the GPU runs it on one thread after staging seqlens in shared memory.
-FLASHMLA_HOST_DEVICE inline void plan_schedule(const int32_t* seqlens, int batch, int num_parts,
-                                               int32_t* metadata, int32_t* num_splits) {
-  int64_t total = 0;
-  for (int i = 0; i < batch; ++i) {
-    int n = num_kv_blocks(seqlens[i] > 0 ? seqlens[i] : 0);
-    if (n > 0) total += n + kSplitOverheadBlocks;
-  }
-  const int64_t payload = (total + num_parts - 1) / num_parts + kSplitOverheadBlocks;
+namespace plan {
 
-  int cb = 0, ck = 0, cs = 0;  // cursor: batch, block within it, piece index within it
-  num_splits[0] = 0;
-  for (int p = 0; p < num_parts; ++p) {
-    int32_t* row = metadata + p * 8;
-    row[kMetaBeginBatch] = cb;
-    row[kMetaBeginBlock] = ck;
-    row[kMetaBeginSplit] = cs;
-    int64_t remain = (p == num_parts - 1) ? INT64_MAX : payload;
-    while (cb < batch && remain > 0) {
-      const int n = num_kv_blocks(seqlens[cb] > 0 ? seqlens[cb] : 0);
-      if (n == 0) {
-        num_splits[cb + 1] = num_splits[cb];
-        ++cb;
-        continue;
-      }
-      const int left = n - ck;
-      int64_t want = remain - kSplitOverheadBlocks;
-      if (want < 1) want = 1;
-      const int take = want < left ? static_cast<int>(want) : left;
-      remain -= take + kSplitOverheadBlocks;
-      ck += take;
-      if (ck == n) {
-        num_splits[cb + 1] = num_splits[cb] + cs + 1;
-        ++cb;
-        ck = 0;
-        cs = 0;
-      } else {
-        ++cs;
-      }
-    }
-    row[kMetaEndBatch] = cb;
-    row[kMetaEndBlock] = ck;
+// Positions are int64: total reaches batch * (2^25 + 5) for seqlens near INT32_MAX.
+
+// KV blocks of a sequence; negative lengths count as empty (no overflow near INT32_MAX).
+FLASHMLA_HOST_DEVICE inline int seq_blocks(int32_t seqlen) {
+  return seqlen > 0 ? (seqlen - 1) / 64 + 1 : 0;
+}
+
+FLASHMLA_HOST_DEVICE inline int64_t seq_cost(int32_t seqlen) {
+  const int n = seq_blocks(seqlen);
+  return n > 0 ? static_cast<int64_t>(n) + kSplitOverheadBlocks : 0;
+}
+
+// P = max(1, ceil(total / num_parts)); num_parts >= 1.
+FLASHMLA_HOST_DEVICE inline int64_t payload(int64_t total, int num_parts) {
+  const int64_t p = (total + num_parts - 1) / num_parts;
+  return p > 1 ? p : 1;
+}
+
+// Pieces of the sequence at positions [c, c + cost).
+FLASHMLA_HOST_DEVICE inline int seq_pieces(int64_t c, int64_t cost, int64_t pay) {
+  if (cost == 0) return 0;
+  return 1 + static_cast<int>((c + cost - 1) / pay - (c + kSplitOverheadBlocks) / pay);
+}
+
+// Block at which a part starting at position x inside the sequence at [c, ...) begins.
+FLASHMLA_HOST_DEVICE inline int start_block(int64_t x, int64_t c) {
+  const int64_t d = x - c;
+  return d <= kSplitOverheadBlocks ? 0 : static_cast<int>(d - kSplitOverheadBlocks);
+}
+
+// Piece index (begin_split) of part p, which starts at position x = p * pay inside the
+// sequence at [c, ...): the number of part starts q <= p strictly after c + ov.
+FLASHMLA_HOST_DEVICE inline int start_split(int p, int64_t x, int64_t c, int64_t pay) {
+  return x - c <= kSplitOverheadBlocks ? 0 : p - static_cast<int>((c + kSplitOverheadBlocks) / pay);
+}
+
+// Where part p starts (== where part p - 1 ends).
+struct Boundary {
+  int batch, block, split;
+};
+
+// Boundary of part p whose start x = p * pay lies in sequence i, at positions [c, c + cost_i).
+FLASHMLA_HOST_DEVICE inline Boundary boundary_in(int p, int64_t x, int i, int64_t c,
+                                                 int64_t pay) {
+  return Boundary{i, start_block(x, c), start_split(p, x, c, pay)};
+}
+
+// Boundary p in [0, num_parts] goes to row p's begin and row p - 1's end.
+FLASHMLA_HOST_DEVICE inline void write_boundary(int32_t* metadata, int num_parts, int p,
+                                                Boundary b) {
+  if (p < num_parts) {
+    int32_t* row = metadata + static_cast<int64_t>(p) * 8;
+    row[kMetaBeginBatch] = b.batch;
+    row[kMetaBeginBlock] = b.block;
+    row[kMetaBeginSplit] = b.split;
     row[5] = row[6] = row[7] = 0;
+  }
+  if (p > 0) {
+    int32_t* row = metadata + static_cast<int64_t>(p - 1) * 8;
+    row[kMetaEndBatch] = b.batch;
+    row[kMetaEndBlock] = b.block;
+  }
+}
+
+// --- Chunked layout used by the GPU kernel (and emulated by the unit tests) -------------
+// Chunk t of num_chunks owns the contiguous sequences [chunk_begin(t), chunk_begin(t + 1)).
+
+FLASHMLA_HOST_DEVICE inline int chunk_size(int batch, int num_chunks) {
+  return batch / num_chunks + (batch % num_chunks != 0 ? 1 : 0);
+}
+
+FLASHMLA_HOST_DEVICE inline int chunk_begin(int t, int chunk, int batch) {
+  const int64_t b = static_cast<int64_t>(t) * chunk;
+  return b < batch ? static_cast<int>(b) : batch;
+}
+
+// Sum of costs of sequences [lo, hi).
+FLASHMLA_HOST_DEVICE inline int64_t range_cost(const int32_t* seqlens, int lo, int hi) {
+  int64_t s = 0;
+  for (int i = lo; i < hi; ++i) s += seq_cost(seqlens[i]);
+  return s;
+}
+
+// Sum of pieces of sequences [lo, hi), the first of which starts at position c.
+FLASHMLA_HOST_DEVICE inline int64_t range_pieces(const int32_t* seqlens, int lo, int hi,
+                                                 int64_t c, int64_t pay) {
+  int64_t s = 0;
+  for (int i = lo; i < hi; ++i) {
+    const int64_t cost = seq_cost(seqlens[i]);
+    s += seq_pieces(c, cost, pay);
+    c += cost;
+  }
+  return s;
+}
+
+// num_splits[i + 1] for i in [lo, hi): split is the number of pieces before sequence lo.
+FLASHMLA_HOST_DEVICE inline void write_range_splits(const int32_t* seqlens, int lo, int hi,
+                                                    int64_t c, int64_t pay, int64_t split,
+                                                    int32_t* num_splits) {
+  for (int i = lo; i < hi; ++i) {
+    const int64_t cost = seq_cost(seqlens[i]);
+    split += seq_pieces(c, cost, pay);
+    c += cost;
+    num_splits[i + 1] = static_cast<int32_t>(split);
+  }
+}
+
+// Boundary p in [0, num_parts], given chunk_start[t] = position of chunk t's first sequence
+// for t < num_chunks (non-decreasing, chunk_start[0] == 0): binary search for the last chunk
+// starting at or before x, then a linear walk inside it.
+FLASHMLA_HOST_DEVICE inline Boundary locate_boundary(int p, int64_t pay, int64_t total,
+                                                     const int32_t* seqlens, int batch,
+                                                     const int64_t* chunk_start, int num_chunks,
+                                                     int chunk) {
+  const int64_t x = static_cast<int64_t>(p) * pay;
+  if (x >= total) return Boundary{batch, 0, 0};
+  int lo = 0, hi = num_chunks - 1;  // chunk_start[lo] <= x holds throughout
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (chunk_start[mid] <= x) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  // x < (start of chunk lo + 1, or total): the walk stops inside chunk lo.
+  int i = chunk_begin(lo, chunk, batch);
+  int64_t c = chunk_start[lo];
+  for (int64_t cost = seq_cost(seqlens[i]); c + cost <= x; cost = seq_cost(seqlens[++i])) c += cost;
+  return boundary_in(p, x, i, c, pay);
+}
+
+}  // namespace plan
+
+// Host twin of the GPU planner (src/metadata.cu): fills metadata [num_parts, 8] and
+// num_splits [batch + 1] with plain loops in O(batch + num_parts). num_parts >= 1.
+inline void plan_schedule(const int32_t* seqlens, int batch, int num_parts, int32_t* metadata,
+                          int32_t* num_splits) {
+  if (num_parts < 1) return;
+  const int64_t total = plan::range_cost(seqlens, 0, batch);
+  const int64_t pay = plan::payload(total, num_parts);
+  num_splits[0] = 0;
+  plan::write_range_splits(seqlens, 0, batch, 0, pay, 0, num_splits);
+  int i = 0;
+  int64_t c = 0;  // position of sequence i
+  for (int p = 0; p <= num_parts; ++p) {
+    const int64_t x = static_cast<int64_t>(p) * pay;
+    plan::Boundary b{batch, 0, 0};
+    if (x < total) {
+      for (int64_t cost = plan::seq_cost(seqlens[i]); c + cost <= x;
+           cost = plan::seq_cost(seqlens[++i])) {
+        c += cost;
+      }
+      b = plan::boundary_in(p, x, i, c, pay);
+    }
+    plan::write_boundary(metadata, num_parts, p, b);
   }
 }
 

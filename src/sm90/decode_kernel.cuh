@@ -144,9 +144,11 @@ __device__ __forceinline__ void math(const MlaDecodeParams& p, SharedStorage& s,
     float m0 = -INFINITY, m1 = -INFINITY;  // running row max, log2 domain
     float l0 = 0.f, l1 = 0.f;              // this thread's partial row sums
 
-    for (int blk = lo; blk < hi; ++blk, ++iter) {
-      const int stage = iter % kStages;
-      mbar_wait(&s.full[stage], (iter / kStages) & 1);
+    // Waits for tile `it` to land, zeroes its tail if it is the sequence's last partial
+    // tile, and issues S = Q K^T over this warpgroup's 32 tokens into `acc` (not waited).
+    auto issue_s = [&](float (&acc)[16], int it, int blk) {
+      const int stage = it % kStages;
+      mbar_wait(&s.full[stage], (it / kStages) & 1);
       const int valid = seqlen - blk * kBlockN;
       if (valid < kBlockN) {
         sanitize_tail(s, stage, valid, math_tid);
@@ -154,19 +156,27 @@ __device__ __forceinline__ void math(const MlaDecodeParams& p, SharedStorage& s,
         math_sync(MathBarrier::kTileSanitized);
       }
       const uint32_t kv_addr = smem_addr(s.kv[stage]);
-
-      // S = Q K^T over this warpgroup's 32 tokens.
-      float sc[16] = {};
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kHeadDim / 16; ++kk) {
         const uint32_t off = (kk / 4) * kSubTileBytes + (kk % 4) * 32;
-        wgmma_m64n32k16_bf16(sc, make_desc_sw128(sq_addr + off, 16, 1024),
+        wgmma_m64n32k16_bf16(acc, make_desc_sw128(sq_addr + off, 16, 1024),
                              make_desc_sw128(kv_addr + off + wg * 32 * 128, 16, 1024), kk > 0);
       }
       wgmma_commit();
-      wgmma_wait<0>();
-      fence_operands(sc);
+    };
+
+    // S of tile n+1 is issued right behind PV of tile n, so the tensor cores go from one to
+    // the other without a drain. It is not issued before the softmax of tile n: with two
+    // stages, tile n+1 is only requested when tile n-1 is released, and waiting for it there
+    // put the whole load latency on the critical path (v2 in docs/perf-log.md).
+    float sc[16] = {}, sc_next[16] = {};
+    issue_s(sc, iter, lo);
+    wgmma_wait<0>();
+    fence_operands(sc);
+    for (int blk = lo; blk < hi; ++blk, ++iter) {
+      const int stage = iter % kStages;
+      const bool has_next = blk + 1 < hi;
 
       // Scale, mask, and this half's row maxima.
       float mx0 = -INFINITY, mx1 = -INFINITY;
@@ -226,6 +236,7 @@ __device__ __forceinline__ void math(const MlaDecodeParams& p, SharedStorage& s,
       math_sync(MathBarrier::kPReady);
 
       // O[:, this half's 256 columns] += P (64x64) V (64 x 256).
+      const uint32_t kv_addr = smem_addr(s.kv[stage]);
       wgmma_fence();
 #pragma unroll
       for (int t = 0; t < kBlockN / 16; ++t) {
@@ -235,9 +246,20 @@ __device__ __forceinline__ void math(const MlaDecodeParams& p, SharedStorage& s,
             1);
       }
       wgmma_commit();
-      wgmma_wait<0>();
+      if (has_next) {
+        issue_s(sc_next, iter + 1, blk + 1);
+        wgmma_wait<1>();  // PV(n) done: release its stage before S(n+1) finishes
+      } else {
+        wgmma_wait<0>();
+      }
       fence_operands(o);
       if (math_tid % 128 == 0) mbar_arrive(&s.empty[stage]);
+      if (has_next) {
+        wgmma_wait<0>();
+        fence_operands(sc_next);
+#pragma unroll
+        for (int k = 0; k < 16; ++k) sc[k] = sc_next[k];
+      }
     }
 
     // Epilogue: combine the two halves' row sums, normalise, write.

@@ -1,9 +1,12 @@
 // Host twin of the split-KV planner (scheduler/plan.h) against the contract the decode and
-// combine kernels rely on, on many random batches.
+// combine kernels rely on, on many random batches; brute-force checks of the closed-form
+// helpers; and a host emulation of the GPU kernel's chunked phases (src/metadata.cu) against
+// the host twin, for several thread counts.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <random>
 #include <sstream>
 #include <string>
@@ -15,6 +18,9 @@ namespace {
 
 using flashmla::kSplitOverheadBlocks;
 using flashmla::num_kv_blocks;
+namespace plan = flashmla::plan;
+
+constexpr int kOv = kSplitOverheadBlocks;
 
 struct Plan {
   std::vector<int32_t> meta;
@@ -31,6 +37,42 @@ Plan run_plan(const std::vector<int32_t>& seqlens, int parts) {
   return p;
 }
 
+// The GPU kernel's phases (src/metadata.cu) run one "thread" at a time, with sequential scans
+// standing in for the block scans: same helpers, same chunking, same binary search.
+Plan emulate_kernel(const std::vector<int32_t>& seqlens, int parts, int threads) {
+  Plan out;
+  out.meta.assign(static_cast<size_t>(parts) * 8, -12345);
+  out.splits.assign(seqlens.size() + 1, -12345);
+  const int batch = static_cast<int>(seqlens.size());
+  const int32_t* s = seqlens.data();
+  const int chunk = plan::chunk_size(batch, threads);
+  auto lo = [&](int t) { return plan::chunk_begin(t, chunk, batch); };
+  std::vector<int64_t> start(threads), first_split(threads);
+  int64_t total = 0;
+  for (int t = 0; t < threads; ++t) {
+    start[t] = total;
+    total += plan::range_cost(s, lo(t), lo(t + 1));
+  }
+  const int64_t pay = plan::payload(total, parts);
+  int64_t pieces = 0;
+  for (int t = 0; t < threads; ++t) {
+    first_split[t] = pieces;
+    pieces += plan::range_pieces(s, lo(t), lo(t + 1), start[t], pay);
+  }
+  out.splits[0] = 0;
+  for (int t = 0; t < threads; ++t) {
+    plan::write_range_splits(s, lo(t), lo(t + 1), start[t], pay, first_split[t], out.splits.data());
+  }
+  for (int t = 0; t < threads; ++t) {
+    for (int p = t; p <= parts; p += threads) {
+      const plan::Boundary b =
+          plan::locate_boundary(p, pay, total, s, batch, start.data(), threads, chunk);
+      plan::write_boundary(out.meta.data(), parts, p, b);
+    }
+  }
+  return out;
+}
+
 struct Piece {
   int part, begin, end, index;
 };
@@ -44,17 +86,25 @@ std::string describe(const std::vector<int32_t>& seqlens, int parts) {
   return s.str();
 }
 
+// ceil(max(L, 0) / 64), computed without overflowing near INT32_MAX.
+int blocks_of(int32_t L) { return L > 0 ? static_cast<int>((int64_t{L} + 63) / 64) : 0; }
+
 // Checks every property of the plan; returns on the first failure (gtest records it).
-void check_plan(const std::vector<int32_t>& seqlens, int parts) {
+// emulate: also compare the GPU kernel emulation for these thread counts.
+void check_plan(const std::vector<int32_t>& seqlens, int parts,
+                std::initializer_list<int> emulate = {1, 3, 32, 512}) {
   SCOPED_TRACE(describe(seqlens, parts));
   const int b = static_cast<int>(seqlens.size());
   const Plan plan = run_plan(seqlens, parts);
 
   int64_t total = 0;
-  for (int32_t L : seqlens) {
-    const int n = num_kv_blocks(std::max(L, 0));
-    if (n > 0) total += n + kSplitOverheadBlocks;
+  std::vector<int64_t> C(b + 1, 0);  // cost position of each sequence
+  for (int i = 0; i < b; ++i) {
+    const int n = blocks_of(seqlens[i]);
+    C[i + 1] = C[i] + (n > 0 ? n + kSplitOverheadBlocks : 0);
   }
+  total = C[b];
+  const int64_t pay = std::max<int64_t>(1, (total + parts - 1) / parts);
 
   std::vector<std::vector<Piece>> pieces(b);
   for (int p = 0; p < parts; ++p) {
@@ -64,6 +114,9 @@ void check_plan(const std::vector<int32_t>& seqlens, int parts) {
     const int eb = row[flashmla::kMetaEndBatch], ek = row[flashmla::kMetaEndBlock];
     const int bs = row[flashmla::kMetaBeginSplit];
 
+    ASSERT_EQ(row[5], 0);
+    ASSERT_EQ(row[6], 0);
+    ASSERT_EQ(row[7], 0);
     ASSERT_GE(bb, 0);
     ASSERT_LE(bb, eb);
     ASSERT_LE(eb, b);
@@ -73,14 +126,14 @@ void check_plan(const std::vector<int32_t>& seqlens, int parts) {
     }
     if (bb < b) {
       ASSERT_GE(bk, 0);
-      ASSERT_LE(bk, num_kv_blocks(seqlens[bb]));
+      ASSERT_LE(bk, blocks_of(seqlens[bb]));
     }
     if (eb == b) {
       ASSERT_EQ(ek, 0) << "end_batch == batch must come with end_block == 0";
     }
     if (eb < b) {
       ASSERT_GE(ek, 0);
-      ASSERT_LE(ek, num_kv_blocks(seqlens[eb]));
+      ASSERT_LE(ek, blocks_of(seqlens[eb]));
     }
     if (bb == eb) {
       ASSERT_LE(bk, ek);
@@ -88,26 +141,36 @@ void check_plan(const std::vector<int32_t>& seqlens, int parts) {
     if (bk == 0 && bb < b) {
       ASSERT_EQ(bs, 0) << "a part starting at block 0 starts a new sequence";
     }
+    if (p + 1 < parts) {
+      const int32_t* next = row + 8;
+      ASSERT_EQ(eb, next[flashmla::kMetaBeginBatch]) << "part end != next part begin";
+      ASSERT_EQ(ek, next[flashmla::kMetaBeginBlock]) << "part end != next part begin";
+    } else {
+      ASSERT_EQ(eb, b) << "the last part must end at (batch, 0)";
+    }
 
     int64_t cost = 0;
     for (int i = bb; i <= eb && i < b; ++i) {
-      const int n = num_kv_blocks(seqlens[i]);
+      const int n = blocks_of(seqlens[i]);
       const int lo = i == bb ? bk : 0;
       const int hi = i == eb ? ek : n;
       ASSERT_LE(lo, hi) << "batch " << i;
       if (lo == hi) continue;
       pieces[i].push_back({p, lo, hi, i == bb ? bs : 0});
       cost += (hi - lo) + kSplitOverheadBlocks;
+      // Closed form: block k of sequence i belongs to part (C_i + ov + k) / P (monotonic in k,
+      // so the two ends suffice).
+      ASSERT_EQ((C[i] + kOv + lo) / pay, p) << "batch " << i << " block " << lo;
+      ASSERT_EQ((C[i] + kOv + hi - 1) / pay, p) << "batch " << i << " block " << hi - 1;
     }
-    // cost <= total / parts + 2 * overhead + 1, in exact integer arithmetic.
-    ASSERT_LE(cost * parts, total + (2 * kSplitOverheadBlocks + 1) * static_cast<int64_t>(parts))
-        << "cost " << cost << " total " << total;
+    // The documented bound: cost <= P + ov, P = max(1, ceil(total / parts)).
+    ASSERT_LE(cost, pay + kOv) << "total " << total;
   }
 
   ASSERT_EQ(plan.splits[0], 0);
   for (int i = 0; i < b; ++i) {
     SCOPED_TRACE("batch " + std::to_string(i));
-    const int n = num_kv_blocks(seqlens[i]);
+    const int n = blocks_of(seqlens[i]);
     const auto& ps = pieces[i];
     ASSERT_EQ(plan.splits[i + 1] - plan.splits[i], static_cast<int>(ps.size()))
         << "num_splits must count this sequence's pieces";
@@ -124,8 +187,15 @@ void check_plan(const std::vector<int32_t>& seqlens, int parts) {
     }
     ASSERT_EQ(next, n) << "sequence not fully covered";
   }
-  // o_accum / lse_accum hold batch + parts slots.
-  ASSERT_LE(plan.splits[b], b + parts);
+  // o_accum / lse_accum hold batch + parts slots (at most batch + parts - 1 are used).
+  ASSERT_LE(plan.splits[b], static_cast<int64_t>(b) + parts - (b > 0 ? 1 : 0));
+
+  for (int threads : emulate) {
+    SCOPED_TRACE("GPU emulation, threads=" + std::to_string(threads));
+    const Plan gpu = emulate_kernel(seqlens, parts, threads);
+    ASSERT_EQ(gpu.meta, plan.meta);
+    ASSERT_EQ(gpu.splits, plan.splits);
+  }
 }
 
 std::vector<int32_t> random_seqlens(std::mt19937& rng, int b, int kind) {
@@ -135,8 +205,8 @@ std::vector<int32_t> random_seqlens(std::mt19937& rng, int b, int kind) {
     case 0:  // uniform lengths
       for (auto& L : s) L = any(rng);
       break;
-    case 1:  // a fraction of empty sequences
-      for (auto& L : s) L = pick(rng) < 3 ? 0 : any(rng);
+    case 1:  // a fraction of empty (and negative) sequences
+      for (auto& L : s) L = pick(rng) < 3 ? -pick(rng) * 50 : any(rng);
       break;
     case 2:  // all empty
       std::fill(s.begin(), s.end(), 0);
@@ -149,6 +219,9 @@ std::vector<int32_t> random_seqlens(std::mt19937& rng, int b, int kind) {
       for (auto& L : s) L = 64 * std::uniform_int_distribution<int>(0, 100)(rng) + pick(rng) % 3 - 1;
       for (auto& L : s) L = std::max(L, 0);
       break;
+    case 5:  // long runs of empty sequences (whole GPU chunks with zero cost)
+      for (auto& L : s) L = pick(rng) < 9 ? 0 : any(rng);
+      break;
     default:  // short sequences only: overhead dominates
       for (auto& L : s) L = small(rng);
       break;
@@ -156,39 +229,122 @@ std::vector<int32_t> random_seqlens(std::mt19937& rng, int b, int kind) {
   return s;
 }
 
+// --- helpers against brute force ------------------------------------------------------
+
+TEST(PlannerHelpers, SeqBlocksAndCost) {
+  for (int32_t L : {-100000, -64, -1, 0}) {
+    EXPECT_EQ(plan::seq_blocks(L), 0);
+    EXPECT_EQ(plan::seq_cost(L), 0);
+  }
+  for (int32_t L = 1; L <= 1000; ++L) {
+    EXPECT_EQ(plan::seq_blocks(L), num_kv_blocks(L));
+    EXPECT_EQ(plan::seq_cost(L), num_kv_blocks(L) + kOv);
+  }
+  EXPECT_EQ(plan::seq_blocks(INT32_MAX), (int64_t{INT32_MAX} + 63) / 64);
+}
+
+TEST(PlannerHelpers, PiecesAndSplitsAgainstBruteForce) {
+  std::mt19937 rng(99);
+  for (int trial = 0; trial < 20000; ++trial) {
+    const int64_t pay = std::uniform_int_distribution<int>(1, 40)(rng);
+    const int64_t c = std::uniform_int_distribution<int>(0, 300)(rng);
+    const int n = std::uniform_int_distribution<int>(0, 120)(rng);
+    const int64_t cost = n > 0 ? n + kOv : 0;
+    // Part q starts at q * pay; it cuts the sequence iff the start is inside at block > 0.
+    int cuts = 0;
+    for (int64_t q = 0; q * pay < c + cost; ++q) cuts += q * pay > c + kOv;
+    ASSERT_EQ(plan::seq_pieces(c, cost, pay), n > 0 ? 1 + cuts : 0)
+        << "c=" << c << " n=" << n << " pay=" << pay;
+    if (n == 0) continue;
+    for (int p = 0; static_cast<int64_t>(p) * pay < c + cost; ++p) {
+      const int64_t x = p * pay;
+      if (x < c) continue;
+      int before = 0;
+      for (int q = 0; q <= p; ++q) before += q * pay > c + kOv;
+      const int block = plan::start_block(x, c);
+      ASSERT_EQ(block, x - c <= kOv ? 0 : static_cast<int>(x - c - kOv));
+      ASSERT_LT(block, n);
+      ASSERT_EQ(plan::start_split(p, x, c, pay), block == 0 ? 0 : before)
+          << "c=" << c << " n=" << n << " pay=" << pay << " p=" << p;
+    }
+  }
+}
+
+TEST(PlannerHelpers, PayloadAndChunks) {
+  EXPECT_EQ(plan::payload(0, 7), 1);
+  EXPECT_EQ(plan::payload(1, 7), 1);
+  EXPECT_EQ(plan::payload(14, 7), 2);
+  EXPECT_EQ(plan::payload(15, 7), 3);
+  EXPECT_EQ(plan::payload(int64_t{1} << 40, 3), ((int64_t{1} << 40) + 2) / 3);
+  for (int batch : {0, 1, 5, 511, 512, 513, 70000}) {
+    for (int threads : {1, 3, 32, 512}) {
+      const int chunk = plan::chunk_size(batch, threads);
+      EXPECT_EQ(plan::chunk_begin(0, chunk, batch), 0);
+      EXPECT_EQ(plan::chunk_begin(threads, chunk, batch), batch);
+      for (int t = 0; t < threads; ++t) {
+        EXPECT_LE(plan::chunk_begin(t, chunk, batch), plan::chunk_begin(t + 1, chunk, batch));
+      }
+    }
+  }
+  const int big = INT32_MAX;
+  EXPECT_EQ(plan::chunk_begin(511, plan::chunk_size(big, 512), big), 511 * (big / 512 + 1));
+  EXPECT_EQ(plan::chunk_begin(512, plan::chunk_size(big, 512), big), big);
+}
+
+// --- whole plans -------------------------------------------------------------------------
+
 TEST(Planner, FixedEdgeCases) {
-  for (int parts : {1, 2, 3, 7, 64, 78, 132, 264}) {
+  for (int parts : {1, 2, 3, 5, 6, 7, 11, 64, 78, 132, 264, 1000}) {
+    check_plan({}, parts);
     check_plan({0}, parts);
+    check_plan({-5}, parts);
     check_plan({1}, parts);
     check_plan({64}, parts);
     check_plan({65}, parts);
     check_plan({1 << 20}, parts);
+    check_plan({INT32_MAX, INT32_MAX - 62, 1}, parts);
     check_plan({0, 0, 0, 0}, parts);
     check_plan({0, 5000, 0}, parts);
+    check_plan({1, 0, 1, 0, 1}, parts);
     check_plan({8192, 8192, 8192, 8192}, parts);
     check_plan(std::vector<int32_t>(1024, 1), parts);
     check_plan(std::vector<int32_t>(1024, 16384), parts);
+    check_plan(std::vector<int32_t>(1024, 0), parts);
   }
 }
 
 TEST(Planner, RandomBatches) {
   std::mt19937 rng(20240607);
-  std::uniform_int_distribution<int> kind(0, 5), parts_dist(1, 264);
+  std::uniform_int_distribution<int> kind(0, 6), parts_dist(1, 264);
   for (int trial = 0; trial < 3000; ++trial) {
-    // Batch sizes skewed towards small ones, but reaching 1024.
-    const int b = trial % 4 == 0 ? std::uniform_int_distribution<int>(1, 1024)(rng)
-                                 : std::uniform_int_distribution<int>(1, 64)(rng);
+    // Batch sizes skewed towards small ones, but reaching 4096.
+    const int b = trial % 8 == 0   ? std::uniform_int_distribution<int>(1, 4096)(rng)
+                  : trial % 4 == 0 ? std::uniform_int_distribution<int>(1, 1024)(rng)
+                                   : std::uniform_int_distribution<int>(1, 64)(rng);
     const std::vector<int32_t> seqlens = random_seqlens(rng, b, kind(rng));
-    check_plan(seqlens, parts_dist(rng));
+    check_plan(seqlens, parts_dist(rng), {1, 3, 512});
     if (HasFatalFailure()) return;
+  }
+}
+
+TEST(Planner, HugeBatch) {
+  std::mt19937 rng(70000);
+  for (int kind : {0, 3, 5}) {
+    const std::vector<int32_t> seqlens = random_seqlens(rng, 70000, kind);
+    for (int parts : {1, 78, 132, 264}) {
+      check_plan(seqlens, parts, {512, 1000});
+      if (HasFatalFailure()) return;
+    }
   }
 }
 
 TEST(Planner, EveryPartCountForOneBatch) {
   std::mt19937 rng(7);
   const std::vector<int32_t> seqlens = random_seqlens(rng, 37, 1);
+  const std::vector<int32_t> tiny = random_seqlens(rng, 300, 6);
   for (int parts = 1; parts <= 264; ++parts) {
     check_plan(seqlens, parts);
+    check_plan(tiny, parts);
     if (HasFatalFailure()) return;
   }
 }
