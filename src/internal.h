@@ -15,7 +15,8 @@ inline void check_cuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw Error(std::string(what) + ": " + cudaGetErrorString(err));
 }
 
-// src/metadata.cu: plan_schedule() on the GPU (one CTA), no host sync.
+// src/metadata.cu: the closed-form split plan of src/scheduler/plan.h on the GPU (one CTA),
+// no host sync.
 void launch_metadata(const int32_t* cache_seqlens, int batch, int num_parts,
                      int32_t* tile_scheduler_metadata, int32_t* num_splits, cudaStream_t stream);
 

@@ -71,7 +71,8 @@ __global__ void __launch_bounds__(kThreads)
 
   // 1. Positions: chunk starts and total.
   int64_t total;
-  const int64_t start = block_exclusive_scan(plan::range_cost(seqlens, lo, hi), s_warp_cost, &total);
+  const int64_t start =
+      block_exclusive_scan(plan::range_cost(seqlens, lo, hi), s_warp_cost, &total);
   s_chunk_start[t] = start;
   const int64_t pay = plan::payload(total, num_parts);
 

@@ -93,6 +93,14 @@ __device__ __forceinline__ void sanitize_tail(SharedStorage& s, int stage, int v
   }
 }
 
+// 2^x on the SFU; -inf gives +0. The scores are bounded, so the approximation's relative
+// error (~2^-22) is far below the bf16 rounding of P.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 1));
   return fmaxf(x, __shfl_xor_sync(0xffffffff, x, 2));
@@ -187,8 +195,10 @@ __device__ __forceinline__ void math(const MlaDecodeParams& p, SharedStorage& s,
           const int tok = blk * kBlockN + wg * kTokensPerMathWG + j * 8 + quad * 2 + e;
           float& a = sc[j * 4 + e];
           float& b = sc[j * 4 + 2 + e];
-          a = tok < limit0 ? a * scale_log2 : -INFINITY;
-          b = tok < limit1 ? b * scale_log2 : -INFINITY;
+          // Raw scores: scale > 0, so the row max commutes with the scaling, which is
+          // folded into the exponent's FFMA below.
+          a = tok < limit0 ? a : -INFINITY;
+          b = tok < limit1 ? b : -INFINITY;
           mx0 = fmaxf(mx0, a);
           mx1 = fmaxf(mx1, b);
         }
@@ -200,12 +210,14 @@ __device__ __forceinline__ void math(const MlaDecodeParams& p, SharedStorage& s,
         s.row_max[wg][row1] = mx1;
       }
       math_sync(MathBarrier::kRowMaxPublished);
-      const float new0 = fmaxf(m0, fmaxf(s.row_max[0][row0], s.row_max[1][row0]));
-      const float new1 = fmaxf(m1, fmaxf(s.row_max[0][row1], s.row_max[1][row1]));
+      const float new0 =
+          fmaxf(m0, fmaxf(s.row_max[0][row0], s.row_max[1][row0]) * scale_log2);
+      const float new1 =
+          fmaxf(m1, fmaxf(s.row_max[0][row1], s.row_max[1][row1]) * scale_log2);
       // A row that has seen no key yet keeps max -inf; subtract 0 then so exp2 gives 0, not NaN.
       const float use0 = new0 == -INFINITY ? 0.f : new0;
       const float use1 = new1 == -INFINITY ? 0.f : new1;
-      const float alpha0 = exp2f(m0 - use0), alpha1 = exp2f(m1 - use1);
+      const float alpha0 = fast_exp2(m0 - use0), alpha1 = fast_exp2(m1 - use1);
       m0 = new0;
       m1 = new1;
 
@@ -213,8 +225,10 @@ __device__ __forceinline__ void math(const MlaDecodeParams& p, SharedStorage& s,
       char* sp = reinterpret_cast<char*>(s.p);
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        const float p00 = exp2f(sc[j * 4 + 0] - use0), p01 = exp2f(sc[j * 4 + 1] - use0);
-        const float p10 = exp2f(sc[j * 4 + 2] - use1), p11 = exp2f(sc[j * 4 + 3] - use1);
+        const float p00 = fast_exp2(fmaf(sc[j * 4 + 0], scale_log2, -use0));
+        const float p01 = fast_exp2(fmaf(sc[j * 4 + 1], scale_log2, -use0));
+        const float p10 = fast_exp2(fmaf(sc[j * 4 + 2], scale_log2, -use1));
+        const float p11 = fast_exp2(fmaf(sc[j * 4 + 3], scale_log2, -use1));
         sum0 += p00 + p01;
         sum1 += p10 + p11;
         const int col = wg * kTokensPerMathWG + j * 8 + quad * 2;
@@ -225,12 +239,16 @@ __device__ __forceinline__ void math(const MlaDecodeParams& p, SharedStorage& s,
       }
       l0 = l0 * alpha0 + sum0;
       l1 = l1 * alpha1 + sum1;
+      // Once a row's max has settled (most tiles of a long sequence) alpha is exactly 1:
+      // skip the 128 multiplies when that holds for every row of the warp.
+      if (!__all_sync(0xffffffff, alpha0 == 1.f && alpha1 == 1.f)) {
 #pragma unroll
-      for (int j = 0; j < 32; ++j) {
-        o[j * 4 + 0] *= alpha0;
-        o[j * 4 + 1] *= alpha0;
-        o[j * 4 + 2] *= alpha1;
-        o[j * 4 + 3] *= alpha1;
+        for (int j = 0; j < 32; ++j) {
+          o[j * 4 + 0] *= alpha0;
+          o[j * 4 + 1] *= alpha0;
+          o[j * 4 + 2] *= alpha1;
+          o[j * 4 + 3] *= alpha1;
+        }
       }
       fence_proxy_async();
       math_sync(MathBarrier::kPReady);
