@@ -15,17 +15,8 @@
 
 namespace flashmla::sm90 {
 
-__device__ __forceinline__ void sync(Barrier b, int threads) {
-  named_barrier_sync(static_cast<int>(b), threads);
-}
-__device__ __forceinline__ void arrive(Barrier b, int threads) {
-  named_barrier_arrive(static_cast<int>(b), threads);
-}
-__device__ __forceinline__ Barrier p_ready(int stage) {
-  return stage == 0 ? Barrier::kPReadyStage0 : Barrier::kPReadyStage1;
-}
-__device__ __forceinline__ Barrier row_sum_ready(int piece) {
-  return (piece & 1) ? Barrier::kRowSumReadyParity1 : Barrier::kRowSumReadyParity0;
+__device__ __forceinline__ void math_sync(MathBarrier b) {
+  named_barrier_sync(static_cast<int>(b), kMathThreads);
 }
 
 // Byte offset of element (row, col) inside a 64x64 bf16 sub-tile stored 128B-swizzled:
@@ -70,12 +61,12 @@ __device__ __forceinline__ void producer(const MlaDecodeParams& p, const CUtenso
 
 // Q rows [m_tile*64, +64) of kv head `kv_head` of sequence i into sQ, zero-padded.
 __device__ __forceinline__ void load_q(const MlaDecodeParams& p, SharedStorage& s, int i,
-                                       int kv_head, int m_tile, int tid) {
+                                       int kv_head, int m_tile, int math_tid) {
   const int heads_per_kv = p.num_heads_q / p.num_heads_kv;
   const int rows = p.seqlen_q * heads_per_kv;
   const auto* q = static_cast<const __nv_bfloat16*>(p.q);
   constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
-  for (int c = tid; c < kBlockM * kChunksPerRow; c += 128) {
+  for (int c = math_tid; c < kBlockM * kChunksPerRow; c += kMathThreads) {
     const int row = c / kChunksPerRow, chunk = c % kChunksPerRow;
     const int r = m_tile * kBlockM + row;
     uint4 v = make_uint4(0, 0, 0, 0);
@@ -91,9 +82,10 @@ __device__ __forceinline__ void load_q(const MlaDecodeParams& p, SharedStorage& 
 
 // Rows [valid, 64) of a KV tile are past the sequence end: their memory may hold anything,
 // NaN included, and 0 * NaN would poison O. Zero them before any wgmma reads the tile.
-__device__ __forceinline__ void sanitize_tail(SharedStorage& s, int stage, int valid, int tid) {
+__device__ __forceinline__ void sanitize_tail(SharedStorage& s, int stage, int valid,
+                                              int math_tid) {
   const int chunks = (kBlockN - valid) * 8 * kSubTiles;  // 16-byte chunks, 8 per 128 B row
-  for (int c = tid; c < chunks; c += 128) {
+  for (int c = math_tid; c < chunks; c += kMathThreads) {
     const int t = c % kSubTiles, rest = c / kSubTiles;
     const int row = valid + rest / 8, chunk = rest % 8;
     char* sub = reinterpret_cast<char*>(s.kv[stage][t]);
@@ -118,91 +110,23 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffff, x, 2);
 }
 
-// A math warpgroup is done with a stage (one arrive per warpgroup).
-__device__ __forceinline__ void release_stage(SharedStorage& s, int stage, int tid) {
-  if (tid == 0) mbar_arrive(&s.empty[stage]);
-}
+__device__ __forceinline__ void math(const MlaDecodeParams& p, SharedStorage& s,
+                                     const PartWalk& walk, int kv_head, int m_tile,
+                                     int math_tid) {
+  const int wg = math_tid / 128;          // 0 or 1: which token half / column half
+  const int warp = (math_tid % 128) / 32;  // warp within the warpgroup: rows warp*16 ..
+  const int lane = math_tid % 32;
+  const int row0 = warp * 16 + lane / 4;  // this thread's two accumulator rows
+  const int row1 = row0 + 8;
+  const int quad = lane % 4;
 
-// The accumulator rows of thread `tid` of a math warpgroup (wgmma m64nN f32 layout).
-struct Rows {
-  int row0, row1, quad;
-  __device__ explicit Rows(int tid)
-      : row0((tid / 32) * 16 + (tid % 32) / 4), row1(row0 + 8), quad(tid % 4) {}
-};
-
-__device__ __forceinline__ void rescale(float (&o)[128], float alpha0, float alpha1) {
-  // Once a row's max has settled (most tiles of a long sequence) alpha is exactly 1:
-  // skip the 128 multiplies when that holds for every row of the warp.
-  if (__all_sync(0xffffffff, alpha0 == 1.f && alpha1 == 1.f)) return;
-#pragma unroll
-  for (int j = 0; j < 32; ++j) {
-    o[j * 4 + 0] *= alpha0;
-    o[j * 4 + 1] *= alpha0;
-    o[j * 4 + 2] *= alpha1;
-    o[j * 4 + 3] *= alpha1;
-  }
-}
-
-// O[:, col_base .. col_base+255] += P V: A = P (sub-tile kPSubTile of the stage), B = the
-// stage's V columns read MN-major (LBO = 8 KiB between 64-column sub-tiles, SBO = 1 KiB
-// between 8-token groups).
-__device__ __forceinline__ void issue_pv(float (&o)[128], SharedStorage& s, int stage,
-                                         int col_base) {
-  const uint32_t p_addr = smem_addr(s.kv[stage][kPSubTile]);
-  const uint32_t v_addr = smem_addr(s.kv[stage][col_base / kSubCols]);
-  wgmma_fence();
-#pragma unroll
-  for (int t = 0; t < kBlockN / 16; ++t) {
-    wgmma_m64n256k16_bf16_tb(o, make_desc_sw128(p_addr + t * 32, 16, 1024),
-                             make_desc_sw128(v_addr + t * 16 * 128, kSubTileBytes, 1024), 1);
-  }
-  wgmma_commit();
-}
-
-// Writes this warpgroup's 256 columns of its two rows: final bf16 output when the sequence
-// was not split, else the fp32 partial at its split slot.
-__device__ __forceinline__ void store_o(const MlaDecodeParams& p, const float (&o)[128], int i,
-                                        int kv_head, int m_tile, const Rows& rw, int col_base,
-                                        float inv0, float inv1, int n_splits, int split) {
-  const int heads_per_kv = p.num_heads_q / p.num_heads_kv;
-  const int rows = p.seqlen_q * heads_per_kv;
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = m_tile * kBlockM + (half ? rw.row1 : rw.row0);
-    if (r >= rows) continue;
-    const float inv = half ? inv1 : inv0;
-    const int sq = r / heads_per_kv, h = kv_head * heads_per_kv + r % heads_per_kv;
-    if (n_splits == 1) {
-      auto* out = static_cast<__nv_bfloat16*>(p.out) + i * p.o_batch_stride +
-                  sq * p.o_seq_stride + h * p.o_head_stride + col_base;
-#pragma unroll
-      for (int j = 0; j < 32; ++j) {
-        *reinterpret_cast<__nv_bfloat162*>(out + j * 8 + rw.quad * 2) = __floats2bfloat162_rn(
-            o[j * 4 + half * 2] * inv, o[j * 4 + half * 2 + 1] * inv);
-      }
-    } else {
-      const int64_t idx = (static_cast<int64_t>(split) * p.num_heads_kv + kv_head) * rows + r;
-      float* oa = p.o_accum + idx * kHeadDimV + col_base;
-#pragma unroll
-      for (int j = 0; j < 32; ++j) {
-        *reinterpret_cast<float2*>(oa + j * 8 + rw.quad * 2) =
-            make_float2(o[j * 4 + half * 2] * inv, o[j * 4 + half * 2 + 1] * inv);
-      }
-    }
-  }
-}
-
-// WG1: S, softmax, P/alpha handoff, and O[:, 0..255].
-__device__ __forceinline__ void softmax_warpgroup(const MlaDecodeParams& p, SharedStorage& s,
-                                                  const PartWalk& walk, int kv_head,
-                                                  int m_tile, int tid) {
-  const Rows rw(tid);
   const int heads_per_kv = p.num_heads_q / p.num_heads_kv;
   const int rows = p.seqlen_q * heads_per_kv;
   const float scale_log2 = p.softmax_scale * 1.4426950408889634f;
   const uint32_t sq_addr = smem_addr(s.q);
+  const uint32_t sp_addr = smem_addr(s.p);
 
-  int iter = 0, piece = 0;
+  int iter = 0;
   for (int i = walk.batch_begin; i <= walk.batch_end && i < p.batch; ++i) {
     const int seqlen = p.cache_seqlens[i];
     const int nblocks = num_kv_blocks(seqlen);
@@ -216,70 +140,80 @@ __device__ __forceinline__ void softmax_warpgroup(const MlaDecodeParams& p, Shar
       const int sq = (r < rows ? r : rows - 1) / heads_per_kv;
       return seqlen - p.seqlen_q + sq + 1;
     };
-    const int limit0 = limit_of(rw.row0), limit1 = limit_of(rw.row1);
+    const int limit0 = limit_of(row0), limit1 = limit_of(row1);
 
-    // Only this warpgroup reads Q, and its previous S is complete: no cross-warpgroup hazard.
-    load_q(p, s, i, kv_head, m_tile, tid);
+    load_q(p, s, i, kv_head, m_tile, math_tid);
     fence_proxy_async();
-    sync(Barrier::kSoftmaxQReady, 128);
+    math_sync(MathBarrier::kQReady);
 
     float o[128];
 #pragma unroll
     for (int k = 0; k < 128; ++k) o[k] = 0.f;
-    float m0 = -INFINITY, m1 = -INFINITY;  // running row max, log2 domain, scale applied
+    float m0 = -INFINITY, m1 = -INFINITY;  // running row max, log2 domain
     float l0 = 0.f, l1 = 0.f;              // this thread's partial row sums
 
-    // Waits for tile `it`, zeroes its tail if it is the sequence's last partial tile, and
-    // issues S = Q K^T for its 64 tokens into `acc` (not waited).
-    auto issue_s = [&](float (&acc)[32], int it, int blk) {
+    // Waits for tile `it` to land, zeroes its tail if it is the sequence's last partial
+    // tile, and issues S = Q K^T over this warpgroup's 32 tokens into `acc` (not waited).
+    auto issue_s = [&](float (&acc)[16], int it, int blk) {
       const int stage = it % kStages;
       mbar_wait(&s.full[stage], (it / kStages) & 1);
       const int valid = seqlen - blk * kBlockN;
       if (valid < kBlockN) {
-        sanitize_tail(s, stage, valid, tid);
+        sanitize_tail(s, stage, valid, math_tid);
         fence_proxy_async();
-        sync(Barrier::kSoftmaxTileClean, 128);
+        math_sync(MathBarrier::kTileSanitized);
       }
       const uint32_t kv_addr = smem_addr(s.kv[stage]);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kHeadDim / 16; ++kk) {
         const uint32_t off = (kk / 4) * kSubTileBytes + (kk % 4) * 32;
-        wgmma_m64n64k16_bf16(acc, make_desc_sw128(sq_addr + off, 16, 1024),
-                             make_desc_sw128(kv_addr + off, 16, 1024), kk > 0);
+        wgmma_m64n32k16_bf16(acc, make_desc_sw128(sq_addr + off, 16, 1024),
+                             make_desc_sw128(kv_addr + off + wg * 32 * 128, 16, 1024), kk > 0);
       }
       wgmma_commit();
     };
 
-    // S(n+1) is issued right behind PV(n); not before the softmax of tile n: with two stages
-    // tile n+1 is only requested when tile n-1 is released (v2 in docs/perf-log.md).
-    float sc[32] = {};
+    // S of tile n+1 is issued right behind PV of tile n, so the tensor cores go from one to
+    // the other without a drain. It is not issued before the softmax of tile n: with two
+    // stages, tile n+1 is only requested when tile n-1 is released, and waiting for it there
+    // put the whole load latency on the critical path (v2 in docs/perf-log.md).
+    float sc[16] = {}, sc_next[16] = {};
     issue_s(sc, iter, lo);
     wgmma_wait<0>();
     fence_operands(sc);
-    // The loop leaves through the `break` before S(n+1): a wgmma writing sc inside a branch
-    // makes ptxas serialize every wgmma (C7518).
-    for (int blk = lo;; ++blk, ++iter) {
+    for (int blk = lo; blk < hi; ++blk, ++iter) {
       const int stage = iter % kStages;
+      const bool has_next = blk + 1 < hi;
 
-      // Mask and row maxima on raw scores (scale > 0 commutes with max; it is folded into
-      // the exponent's FFMA).
+      // Scale, mask, and this half's row maxima.
       float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
+      for (int j = 0; j < 4; ++j) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int tok = blk * kBlockN + j * 8 + rw.quad * 2 + e;
+          const int tok = blk * kBlockN + wg * kTokensPerMathWG + j * 8 + quad * 2 + e;
           float& a = sc[j * 4 + e];
           float& b = sc[j * 4 + 2 + e];
+          // Raw scores: scale > 0, so the row max commutes with the scaling, which is
+          // folded into the exponent's FFMA below.
           a = tok < limit0 ? a : -INFINITY;
           b = tok < limit1 ? b : -INFINITY;
           mx0 = fmaxf(mx0, a);
           mx1 = fmaxf(mx1, b);
         }
       }
-      const float new0 = fmaxf(m0, quad_max(mx0) * scale_log2);
-      const float new1 = fmaxf(m1, quad_max(mx1) * scale_log2);
+      mx0 = quad_max(mx0);
+      mx1 = quad_max(mx1);
+      if (quad == 0) {
+        s.row_max[wg][row0] = mx0;
+        s.row_max[wg][row1] = mx1;
+      }
+      math_sync(MathBarrier::kRowMaxPublished);
+      const float new0 =
+          fmaxf(m0, fmaxf(s.row_max[0][row0], s.row_max[1][row0]) * scale_log2);
+      const float new1 =
+          fmaxf(m1, fmaxf(s.row_max[0][row1], s.row_max[1][row1]) * scale_log2);
       // A row that has seen no key yet keeps max -inf; subtract 0 then so exp2 gives 0, not NaN.
       const float use0 = new0 == -INFINITY ? 0.f : new0;
       const float use1 = new1 == -INFINITY ? 0.f : new1;
@@ -287,115 +221,113 @@ __device__ __forceinline__ void softmax_warpgroup(const MlaDecodeParams& p, Shar
       m0 = new0;
       m1 = new1;
 
-      // P into the stage's RoPE sub-tile: S of this tile, its only reader, is complete.
-      char* sp = reinterpret_cast<char*>(s.kv[stage][kPSubTile]);
       float sum0 = 0.f, sum1 = 0.f;
+      char* sp = reinterpret_cast<char*>(s.p);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
+      for (int j = 0; j < 4; ++j) {
         const float p00 = fast_exp2(fmaf(sc[j * 4 + 0], scale_log2, -use0));
         const float p01 = fast_exp2(fmaf(sc[j * 4 + 1], scale_log2, -use0));
         const float p10 = fast_exp2(fmaf(sc[j * 4 + 2], scale_log2, -use1));
         const float p11 = fast_exp2(fmaf(sc[j * 4 + 3], scale_log2, -use1));
         sum0 += p00 + p01;
         sum1 += p10 + p11;
-        const int col = j * 8 + rw.quad * 2;
-        *reinterpret_cast<__nv_bfloat162*>(sp + swizzled_offset(rw.row0, col)) =
+        const int col = wg * kTokensPerMathWG + j * 8 + quad * 2;
+        *reinterpret_cast<__nv_bfloat162*>(sp + swizzled_offset(row0, col)) =
             __floats2bfloat162_rn(p00, p01);
-        *reinterpret_cast<__nv_bfloat162*>(sp + swizzled_offset(rw.row1, col)) =
+        *reinterpret_cast<__nv_bfloat162*>(sp + swizzled_offset(row1, col)) =
             __floats2bfloat162_rn(p10, p11);
       }
       l0 = l0 * alpha0 + sum0;
       l1 = l1 * alpha1 + sum1;
-      if (rw.quad == 0) {
-        s.alpha[stage][rw.row0] = alpha0;
-        s.alpha[stage][rw.row1] = alpha1;
-      }
-      fence_proxy_async();
-      arrive(p_ready(stage), kMathThreads);  // WG2 may start its PV(n)
-      rescale(o, alpha0, alpha1);
-      sync(Barrier::kSoftmaxTileClean, 128);  // all of P written before this WG's wgmma reads it
-
-      issue_pv(o, s, stage, 0);
-      if (blk + 1 == hi) {
-        wgmma_wait<0>();
-        fence_operands(o);
-        release_stage(s, stage, tid);
-        ++iter;
-        break;
-      }
-      // S(n+1) goes into the same registers: P of tile n is already out of them.
-      issue_s(sc, iter + 1, blk + 1);
-      // wait_group 0, not 1: reading O while S(n+1) is in flight made ptxas serialize every
-      // wgmma of the kernel (C7514), and v3/v4's wait_group 1 was silently turned into 0 (C7517).
-      wgmma_wait<0>();
-      fence_operands(o);
-      fence_operands(sc);
-      release_stage(s, stage, tid);
-    }
-
-    // Epilogue: this warpgroup saw all 64 tokens of each tile, so its quad sums are the row
-    // sums; hand them to WG2, then write O[:, 0..255] and the LSE.
-    l0 = quad_sum(l0);
-    l1 = quad_sum(l1);
-    if (rw.quad == 0) {
-      s.row_sum[piece & 1][rw.row0] = l0;
-      s.row_sum[piece & 1][rw.row1] = l1;
-    }
-    arrive(row_sum_ready(piece), kMathThreads);
-    const int n_splits = p.num_splits[i + 1] - p.num_splits[i];
-    const int split = p.num_splits[i] + (i == walk.batch_begin ? walk.split_begin : 0);
-    store_o(p, o, i, kv_head, m_tile, rw, 0, l0 > 0.f ? 1.f / l0 : 0.f,
-            l1 > 0.f ? 1.f / l1 : 0.f, n_splits, split);
-    if (rw.quad == 0) {
+      // Once a row's max has settled (most tiles of a long sequence) alpha is exactly 1:
+      // skip the 128 multiplies when that holds for every row of the warp.
+      if (!__all_sync(0xffffffff, alpha0 == 1.f && alpha1 == 1.f)) {
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int r = m_tile * kBlockM + (half ? rw.row1 : rw.row0);
-        if (r >= rows) continue;
-        const float l = half ? l1 : l0, m = half ? m1 : m0;
-        const float lse2 = l > 0.f ? m + __log2f(l) : -INFINITY;
-        const int sq = r / heads_per_kv, h = kv_head * heads_per_kv + r % heads_per_kv;
-        if (n_splits == 1) {
-          p.lse[(static_cast<int64_t>(i) * p.num_heads_q + h) * p.seqlen_q + sq] =
-              l > 0.f ? lse2 * 0.6931471805599453f : INFINITY;
-        } else {
-          p.lse_accum[(static_cast<int64_t>(split) * p.num_heads_kv + kv_head) * rows + r] = lse2;
+        for (int j = 0; j < 32; ++j) {
+          o[j * 4 + 0] *= alpha0;
+          o[j * 4 + 1] *= alpha0;
+          o[j * 4 + 2] *= alpha1;
+          o[j * 4 + 3] *= alpha1;
         }
       }
-    }
-    ++piece;
-  }
-}
+      fence_proxy_async();
+      math_sync(MathBarrier::kPReady);
 
-// WG2: O[:, 256..511] += P V with P and alpha handed over by WG1.
-__device__ __forceinline__ void pv_warpgroup(const MlaDecodeParams& p, SharedStorage& s,
-                                             const PartWalk& walk, int kv_head, int m_tile,
-                                             int tid) {
-  const Rows rw(tid);
-  int iter = 0, piece = 0;
-  for (int i = walk.batch_begin; i <= walk.batch_end && i < p.batch; ++i) {
-    const int nblocks = num_kv_blocks(p.cache_seqlens[i]);
-    const int lo = walk.lo(i), hi = walk.hi(i, nblocks);
-    if (lo >= hi) continue;
-    float o[128];
+      // O[:, this half's 256 columns] += P (64x64) V (64 x 256).
+      const uint32_t kv_addr = smem_addr(s.kv[stage]);
+      wgmma_fence();
 #pragma unroll
-    for (int k = 0; k < 128; ++k) o[k] = 0.f;
-    for (int blk = lo; blk < hi; ++blk, ++iter) {
-      const int stage = iter % kStages;
-      mbar_wait(&s.full[stage], (iter / kStages) & 1);  // V bytes visible to this warpgroup
-      sync(p_ready(stage), kMathThreads);
-      rescale(o, s.alpha[stage][rw.row0], s.alpha[stage][rw.row1]);
-      issue_pv(o, s, stage, kColsPerMathWG);
-      wgmma_wait<0>();
+      for (int t = 0; t < kBlockN / 16; ++t) {
+        wgmma_m64n256k16_bf16_tb(
+            o, make_desc_sw128(sp_addr + t * 32, 16, 1024),
+            make_desc_sw128(kv_addr + wg * 4 * kSubTileBytes + t * 16 * 128, kSubTileBytes, 1024),
+            1);
+      }
+      wgmma_commit();
+      if (has_next) {
+        issue_s(sc_next, iter + 1, blk + 1);
+        wgmma_wait<1>();  // PV(n) done: release its stage before S(n+1) finishes
+      } else {
+        wgmma_wait<0>();
+      }
       fence_operands(o);
-      release_stage(s, stage, tid);
+      if (math_tid % 128 == 0) mbar_arrive(&s.empty[stage]);
+      if (has_next) {
+        wgmma_wait<0>();
+        fence_operands(sc_next);
+#pragma unroll
+        for (int k = 0; k < 16; ++k) sc[k] = sc_next[k];
+      }
     }
-    sync(row_sum_ready(piece), kMathThreads);
-    const float l0 = s.row_sum[piece & 1][rw.row0], l1 = s.row_sum[piece & 1][rw.row1];
+
+    // Epilogue: combine the two halves' row sums, normalise, write.
+    l0 = quad_sum(l0);
+    l1 = quad_sum(l1);
+    if (quad == 0) {
+      s.row_sum[wg][row0] = l0;
+      s.row_sum[wg][row1] = l1;
+    }
+    math_sync(MathBarrier::kRowSumPublished);
+    const float tot0 = s.row_sum[0][row0] + s.row_sum[1][row0];
+    const float tot1 = s.row_sum[0][row1] + s.row_sum[1][row1];
+    const float inv0 = tot0 > 0.f ? 1.f / tot0 : 0.f;
+    const float inv1 = tot1 > 0.f ? 1.f / tot1 : 0.f;
+    const float lse2_0 = tot0 > 0.f ? m0 + __log2f(tot0) : -INFINITY;
+    const float lse2_1 = tot1 > 0.f ? m1 + __log2f(tot1) : -INFINITY;
+
     const int n_splits = p.num_splits[i + 1] - p.num_splits[i];
     const int split = p.num_splits[i] + (i == walk.batch_begin ? walk.split_begin : 0);
-    store_o(p, o, i, kv_head, m_tile, rw, kColsPerMathWG, l0 > 0.f ? 1.f / l0 : 0.f,
-            l1 > 0.f ? 1.f / l1 : 0.f, n_splits, split);
-    ++piece;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = half ? row1 : row0;
+      const int r = m_tile * kBlockM + row;
+      if (r >= rows) continue;
+      const float inv = half ? inv1 : inv0;
+      const float lse2 = half ? lse2_1 : lse2_0;
+      const int sq = r / heads_per_kv, h = kv_head * heads_per_kv + r % heads_per_kv;
+      if (n_splits == 1) {
+        auto* out = static_cast<__nv_bfloat16*>(p.out) + i * p.o_batch_stride +
+                    sq * p.o_seq_stride + h * p.o_head_stride + wg * kColsPerMathWG;
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+          *reinterpret_cast<__nv_bfloat162*>(out + j * 8 + quad * 2) = __floats2bfloat162_rn(
+              o[j * 4 + half * 2] * inv, o[j * 4 + half * 2 + 1] * inv);
+        }
+        if (wg == 0 && quad == 0) {
+          p.lse[(static_cast<int64_t>(i) * p.num_heads_q + h) * p.seqlen_q + sq] =
+              lse2 == -INFINITY ? INFINITY : lse2 * 0.6931471805599453f;
+        }
+      } else {
+        const int64_t idx = (static_cast<int64_t>(split) * p.num_heads_kv + kv_head) * rows + r;
+        float* oa = p.o_accum + idx * kHeadDimV + wg * kColsPerMathWG;
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+          *reinterpret_cast<float2*>(oa + j * 8 + quad * 2) =
+              make_float2(o[j * 4 + half * 2] * inv, o[j * 4 + half * 2 + 1] * inv);
+        }
+        if (wg == 0 && quad == 0) p.lse_accum[idx] = lse2;
+      }
+    }
   }
 }
 
@@ -423,11 +355,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (threadIdx.x == 0) producer(p, &kv_map, s, walk, kv_head);
   } else {
     setmaxnreg_inc<kMathRegs>();
-    if (threadIdx.x < 256) {
-      softmax_warpgroup(p, s, walk, kv_head, m_tile, threadIdx.x - 128);
-    } else {
-      pv_warpgroup(p, s, walk, kv_head, m_tile, threadIdx.x - 256);
-    }
+    math(p, s, walk, kv_head, m_tile, threadIdx.x - 128);
   }
 }
 
