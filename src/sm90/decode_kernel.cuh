@@ -264,20 +264,15 @@ __device__ __forceinline__ void math(const MlaDecodeParams& p, SharedStorage& s,
             1);
       }
       wgmma_commit();
-      if (has_next) {
-        issue_s(sc_next, iter + 1, blk + 1);
-        wgmma_wait<1>();  // PV(n) done: release its stage before S(n+1) finishes
-      } else {
-        wgmma_wait<0>();
-      }
+      if (has_next) issue_s(sc_next, iter + 1, blk + 1);
+      // wait_group 0, not 1: reading O while S(n+1) is still in flight makes ptxas inject a
+      // full wait anyway (C7517) or serialize every wgmma of the kernel (C7514).
+      wgmma_wait<0>();
       fence_operands(o);
+      fence_operands(sc_next);
       if (math_tid % 128 == 0) mbar_arrive(&s.empty[stage]);
-      if (has_next) {
-        wgmma_wait<0>();
-        fence_operands(sc_next);
 #pragma unroll
-        for (int k = 0; k < 16; ++k) sc[k] = sc_next[k];
-      }
+      for (int k = 0; k < 16; ++k) sc[k] = sc_next[k];
     }
 
     // Epilogue: combine the two halves' row sums, normalise, write.
