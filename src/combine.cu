@@ -89,18 +89,33 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
         s_weight[i] = exp2f(lse2[(base + i) * split_stride] - total);
       }
       __syncthreads();
-      for (int i = 0; i < count; ++i) {
-        const float w = s_weight[i];
-        // A piece that saw no key (lse2 = -inf, weight 0) may have left garbage or NaN in
-        // o_accum; skipping it keeps 0 * NaN out of the sum. w is uniform: no divergence.
-        if (w == 0.f) continue;
-        const float4 o = *reinterpret_cast<const float4*>(o_part +
-                                                          (base + i) * split_stride * kHeadDimV);
-        result[0] = fmaf(w, o.x, result[0]);
-        result[1] = fmaf(w, o.y, result[1]);
-        result[2] = fmaf(w, o.z, result[2]);
-        result[3] = fmaf(w, o.w, result[3]);
+      // Eight partials are loaded before any is used, so eight L2 round trips overlap: with a
+      // branch before each load, every split cost a full round trip, which dominated small
+      // batches split many ways. The workspace is always valid memory, so the loads are
+      // unconditional; a piece that saw no key (weight 0) may hold garbage or NaN, and the
+      // select (not a multiply: 0 * NaN = NaN) keeps it out of the sum.
+      auto accumulate = [&](float w, const float4& o) {
+        const float4 r = make_float4(fmaf(w, o.x, result[0]), fmaf(w, o.y, result[1]),
+                                     fmaf(w, o.z, result[2]), fmaf(w, o.w, result[3]));
+        const bool use = w != 0.f;
+        result[0] = use ? r.x : result[0];
+        result[1] = use ? r.y : result[1];
+        result[2] = use ? r.z : result[2];
+        result[3] = use ? r.w : result[3];
+      };
+      auto partial = [&](int i) {
+        return *reinterpret_cast<const float4*>(o_part + (base + i) * split_stride * kHeadDimV);
+      };
+      constexpr int kInFlight = 8;
+      int i = 0;
+      for (; i + kInFlight <= count; i += kInFlight) {
+        float4 o[kInFlight];
+#pragma unroll
+        for (int k = 0; k < kInFlight; ++k) o[k] = partial(i + k);
+#pragma unroll
+        for (int k = 0; k < kInFlight; ++k) accumulate(s_weight[i + k], o[k]);
       }
+      for (; i < count; ++i) accumulate(s_weight[i], partial(i));
       __syncthreads();  // s_weight is overwritten by the next chunk
     }
     lse_out = total * kLn2;
