@@ -94,6 +94,27 @@ void require_device_pointer(const char* name, const void* ptr) {
                 (attr.type == cudaMemoryTypeHost ? "pinned host memory" : "unregistered host memory"));
 }
 
+// A device buffer argument: its name (for the message) and the alignment the kernels need.
+struct Buffer {
+  const char* name;
+  const void* ptr;
+  uintptr_t alignment;
+};
+
+template <size_t N>
+void require_buffers(const Buffer (&buffers)[N]) {
+  for (const Buffer& b : buffers) require_non_null(b.name, b.ptr);
+  for (const Buffer& b : buffers) require_aligned(b.name, b.ptr, b.alignment);
+}
+
+// Only where a device exists, so that the CPU-only tests can validate with fake pointers.
+template <size_t N>
+void require_device_buffers(const Buffer (&buffers)[N]) {
+  if (!cuda_device_present()) return;
+  RelaxedCaptureScope relaxed;
+  for (const Buffer& b : buffers) require_device_pointer(b.name, b.ptr);
+}
+
 // One dimension of a strided tensor whose innermost dimension is contiguous.
 struct Dim {
   const char* stride_name;
@@ -156,19 +177,14 @@ void validate_problem(const MlaDecodeParams& p) {
   if (!std::isfinite(p.softmax_scale) || p.softmax_scale <= 0.f)
     throw Error("softmax_scale must be finite and > 0, got " + str(p.softmax_scale));
 
-  require_non_null("q", p.q);
-  require_non_null("k_cache", p.k_cache);
-  require_non_null("block_table", p.block_table);
-  require_non_null("cache_seqlens", p.cache_seqlens);
-  require_non_null("out", p.out);
-  require_non_null("lse", p.lse);
-
-  require_aligned("q", p.q, 16);
-  require_aligned("k_cache", p.k_cache, 16);
-  require_aligned("out", p.out, 16);
-  require_aligned("block_table", p.block_table, 4);
-  require_aligned("cache_seqlens", p.cache_seqlens, 4);
-  require_aligned("lse", p.lse, 4);
+  // 16 bytes where the kernels use vector loads or TMA, 4 for int32/fp32 arrays.
+  const Buffer buffers[] = {{"q", p.q, 16},
+                            {"k_cache", p.k_cache, 16},
+                            {"block_table", p.block_table, 4},
+                            {"cache_seqlens", p.cache_seqlens, 4},
+                            {"out", p.out, 16},
+                            {"lse", p.lse, 4}};
+  require_buffers(buffers);
 
   Dim q_dims[] = {{"q_head_stride", p.num_heads_q, p.q_head_stride},
                   {"q_seq_stride", p.seqlen_q, p.q_seq_stride},
@@ -186,35 +202,18 @@ void validate_problem(const MlaDecodeParams& p) {
     throw Error("block_table_batch_stride must be >= max_blocks_per_seq (" +
                 str(p.max_blocks_per_seq) + "), got " + str(p.block_table_batch_stride));
 
-  if (cuda_device_present()) {
-    RelaxedCaptureScope relaxed;
-    require_device_pointer("q", p.q);
-    require_device_pointer("k_cache", p.k_cache);
-    require_device_pointer("block_table", p.block_table);
-    require_device_pointer("cache_seqlens", p.cache_seqlens);
-    require_device_pointer("out", p.out);
-    require_device_pointer("lse", p.lse);
-  }
+  require_device_buffers(buffers);
 }
 
 // The split-KV schedule and its workspace, used by mla_decode only.
 void validate_schedule(const MlaDecodeParams& p) {
   require_at_least("num_sm_parts", p.num_sm_parts, 1);
-  require_non_null("tile_scheduler_metadata", p.tile_scheduler_metadata);
-  require_non_null("num_splits", p.num_splits);
-  require_non_null("o_accum", p.o_accum);
-  require_non_null("lse_accum", p.lse_accum);
-  require_aligned("tile_scheduler_metadata", p.tile_scheduler_metadata, 16);
-  require_aligned("num_splits", p.num_splits, 4);
-  require_aligned("o_accum", p.o_accum, 16);
-  require_aligned("lse_accum", p.lse_accum, 4);
-  if (cuda_device_present()) {
-    RelaxedCaptureScope relaxed;
-    require_device_pointer("tile_scheduler_metadata", p.tile_scheduler_metadata);
-    require_device_pointer("num_splits", p.num_splits);
-    require_device_pointer("o_accum", p.o_accum);
-    require_device_pointer("lse_accum", p.lse_accum);
-  }
+  const Buffer buffers[] = {{"tile_scheduler_metadata", p.tile_scheduler_metadata, 16},
+                            {"num_splits", p.num_splits, 4},
+                            {"o_accum", p.o_accum, 16},
+                            {"lse_accum", p.lse_accum, 4}};
+  require_buffers(buffers);
+  require_device_buffers(buffers);
 }
 
 void check_sizes(int batch, int num_parts, int num_heads_kv, int rows_per_kv_head) {
