@@ -154,10 +154,8 @@ void check_layout(const char* tensor, int64_t inner_extent, Dim (&dims)[N], bool
 // Shapes, scalars, q / k_cache / block_table / seqlens / out / lse: what both the decode
 // path and the GPU reference read.
 void validate_problem(const MlaDecodeParams& p) {
-  if (p.dtype == DType::kFP16)
-    throw Error("dtype kFP16 is not supported yet (only kBF16 is implemented)");
-  if (p.dtype != DType::kBF16)
-    throw Error("dtype must be kBF16, got " + str(static_cast<int>(p.dtype)));
+  if (p.dtype != DType::kBF16 && p.dtype != DType::kFP16)
+    throw Error("dtype must be kBF16 or kFP16, got " + str(static_cast<int>(p.dtype)));
 
   require_at_least("batch", p.batch, 1);
   require_at_least("seqlen_q", p.seqlen_q, 1);

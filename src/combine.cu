@@ -4,7 +4,7 @@
 //
 // One CTA per (sequence, kv head, query row); 128 threads, thread t owns output columns
 // 4t .. 4t+3 and reads them from every partial as one float4.
-#include <cuda_bf16.h>
+#include "element.cuh"
 
 #include <cmath>
 #include <cstdint>
@@ -41,6 +41,7 @@ __device__ float block_reduce(float v, float* scratch, Op op) {
   return v;
 }
 
+template <typename T>
 __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams p) {
   __shared__ float s_scratch[kWarps];
   __shared__ float s_weight[kMaxStagedSplits];
@@ -58,7 +59,7 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
   const int n = p.num_splits[b + 1] - first;
   if (n == 1) return;  // the decode kernel wrote out and lse itself
 
-  auto* out = static_cast<__nv_bfloat16*>(p.out) + b * p.o_batch_stride + s * p.o_seq_stride +
+  auto* out = static_cast<T*>(p.out) + b * p.o_batch_stride + s * p.o_seq_stride +
               h * p.o_head_stride + kColsPerThread * threadIdx.x;
   float* lse = p.lse + (static_cast<int64_t>(b) * p.num_heads_q + h) * p.seqlen_q + s;
 
@@ -122,14 +123,13 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
   }
 
   // Scalar stores: they assume nothing about the alignment of the out strides.
-  for (int c = 0; c < kColsPerThread; ++c) out[c] = __float2bfloat16_rn(result[c]);
+  for (int c = 0; c < kColsPerThread; ++c) out[c] = ElementOps<T>::from_float(result[c]);
   if (threadIdx.x == 0) *lse = lse_out;
 }
 
 }  // namespace
 
 void launch_combine(const MlaDecodeParams& p, cudaStream_t stream) {
-  if (p.dtype != DType::kBF16) throw Error("combine: only bf16 is supported");
   const int64_t rows_all = static_cast<int64_t>(p.seqlen_q) * p.num_heads_q;  // h_kv * rows
   if (p.batch == 0 || rows_all == 0) return;  // a zero-sized grid is a launch error
   if (rows_all > 65535) {
@@ -137,7 +137,9 @@ void launch_combine(const MlaDecodeParams& p, cudaStream_t stream) {
                 std::to_string(rows_all));
   }
   const dim3 grid(static_cast<unsigned>(p.batch), static_cast<unsigned>(rows_all));
-  combine_kernel<<<grid, kThreads, 0, stream>>>(p);
+  dispatch_element(p.dtype, [&](auto element) {
+    combine_kernel<decltype(element)><<<grid, kThreads, 0, stream>>>(p);
+  });
   check_cuda(cudaGetLastError(), "combine_kernel launch");
 }
 

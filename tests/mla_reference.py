@@ -18,6 +18,18 @@ REPO = Path(__file__).resolve().parents[1]
 # The float32 reference must not silently drop to TF32 products.
 torch.backends.cuda.matmul.allow_tf32 = False
 
+# Element types the kernel takes for q / k_cache / out (lse is always float32).
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def as_dtype(dtype):
+    """torch.bfloat16 / torch.float16, or their names "bf16" / "fp16", as a torch dtype."""
+    dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if dtype not in DTYPES.values():
+        raise ValueError(f"dtype must be one of {list(DTYPES)} / {list(DTYPES.values())}, "
+                         f"got {dtype}")
+    return dtype
+
 
 def skip_reason():
     """Why the GPU tests cannot run here, or None. Imports flash_mla (from the installed
@@ -77,10 +89,11 @@ def valid_slot_mask(block_table, seqlens, num_blocks):
 
 
 def make_kv_cache(num_blocks, h_kv, block_table, seqlens, dtype=torch.bfloat16, scale=1.0):
-    """Random bf16 cache [num_blocks, 64, h_kv, 576]; every slot that is not a token of some
-    sequence (unused pages, tails of partial pages) is NaN, so a kernel reading one shows."""
+    """Random cache [num_blocks, 64, h_kv, 576] of dtype (bfloat16 or float16); every slot that
+    is not a token of some sequence (unused pages, tails of partial pages) is NaN, so a kernel
+    reading one shows (both dtypes have a NaN)."""
     device = block_table.device
-    kv = torch.randn(num_blocks, PAGE, h_kv, HEAD_DIM, device=device, dtype=dtype)
+    kv = torch.randn(num_blocks, PAGE, h_kv, HEAD_DIM, device=device, dtype=as_dtype(dtype))
     if scale != 1.0:
         kv *= scale
     valid = valid_slot_mask(block_table, seqlens, num_blocks)
@@ -89,7 +102,8 @@ def make_kv_cache(num_blocks, h_kv, block_table, seqlens, dtype=torch.bfloat16, 
 
 
 def make_q(b, s_q, h_q, device="cuda", dtype=torch.bfloat16, scale=1.0):
-    q = torch.randn(b, s_q, h_q, HEAD_DIM, device=device, dtype=dtype)
+    """Random q [b, s_q, h_q, 576] of dtype (bfloat16 or float16)."""
+    q = torch.randn(b, s_q, h_q, HEAD_DIM, device=device, dtype=as_dtype(dtype))
     return q * scale if scale != 1.0 else q
 
 
@@ -97,8 +111,13 @@ def reference_mla(q, k_cache, block_table, seqlens, softmax_scale, causal, batch
                   compute_dtype=torch.float64, head_dim_v=HEAD_DIM_V):
     """Plain-torch MLA decode for the sequences in batch_ids (all by default).
 
+    q and k_cache may be any floating dtype (bfloat16, float16, ...): both are upcast to
+    compute_dtype (float32 or float64) before any arithmetic.
+
     Returns out [n, s_q, h_q, dv] and lse [n, h_q, s_q] in compute_dtype. A query that sees no
     key (empty sequence, or causal with L < s_q) gets out = 0 and lse = +inf, as FlashMLA."""
+    if compute_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"compute_dtype must be float32 or float64, got {compute_dtype}")
     b, s_q, h_q, d = q.shape
     h_kv = k_cache.shape[2]
     g = h_q // h_kv
@@ -139,9 +158,13 @@ def expected_inf_lse(seqlens, s_q, h_q, causal, device="cuda"):
 def compare(out, lse, ref_out, ref_lse):
     """Errors of a kernel result against the reference (same batch rows). Returns a dict:
     rel (||out - ref|| / ||ref||), lse_err (max |lse - ref| / max(1, |ref|)), and the bools
-    nan (any NaN in out/lse), inf_mismatch (+inf positions of lse differ, or out not 0 there)."""
-    out = out.to(ref_out.dtype)
-    lse = lse.to(ref_lse.dtype)
+    nan (any NaN in out/lse), inf_mismatch (+inf positions of lse differ, or out not 0 there).
+
+    Any dtypes (bf16 / fp16 / fp32 / fp64, on either side): everything is compared in the wider
+    of the reference's dtype and float32."""
+    cd = torch.promote_types(torch.promote_types(ref_out.dtype, ref_lse.dtype), torch.float32)
+    out, ref_out = out.to(cd), ref_out.to(cd)
+    lse, ref_lse = lse.to(cd), ref_lse.to(cd)
     ref_inf = torch.isposinf(ref_lse)
     nan = bool(out.isnan().any() or lse.isnan().any())
     inf_mismatch = not torch.equal(torch.isposinf(lse), ref_inf) or bool(torch.isneginf(lse).any())

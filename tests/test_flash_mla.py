@@ -5,13 +5,15 @@ b = 128, h_kv = 1, causal; mean s_k in {4096, 8192, 16384} x h_q in {16, 32, 64,
 s_q in {1, 2} x {fixed, varied} lengths = 48 configs. Varied lengths are normal around the mean
 (std mean/2) clamped to [1, 2*mean], from a printed seed.
 
-Per config: random q / paged KV behind a random permuted block table, with every slot that no
-sequence owns set to NaN; a float32 torch reference on 8 sequences (all heads) plus global
-checks (no NaN in out/lse, +inf lse exactly where a query sees no key); then the call is timed
-as a CUDA graph (metadata computed once outside it, as an engine does per step), median of
-repeated replays with CUDA events, rotating input sets when the KV would fit in L2.
+Per config: random q / paged KV (--dtype bf16 or fp16, also out's dtype; lse is fp32) behind a
+random permuted block table, with every slot that no sequence owns set to NaN; a float32 torch
+reference on 8 sequences (all heads) plus global checks (no NaN in out/lse, +inf lse exactly
+where a query sees no key); then the call is timed as a CUDA graph (metadata computed once
+outside it, as an engine does per step), median of repeated replays with CUDA events, rotating
+input sets when the KV would fit in L2.
 
-    python tests/test_flash_mla.py [--quick] [--json PATH] [--seed N] [--batch B]
+    python tests/test_flash_mla.py [--quick] [--dtype {bf16,fp16}] [--json PATH] [--seed N]
+                                   [--batch B]
 
 Exit code 1 if any config fails. Without torch, a GPU or the built extension it prints
 "SKIP: <reason>" and exits 0.
@@ -38,6 +40,7 @@ QUICK = [  # (mean_sk, h_q, s_q, varlen)
     (16384, 128, 2, False),
 ]
 L2_FALLBACK = 50 * 2**20
+DTYPE_NAMES = ("bf16", "fp16")  # torch dtypes in mla_reference.DTYPES (resolved after import)
 ROW_FMT = "{:>4} {:>4} {:>6} {:>4} {:>6} {:>9} {:>8} {:>8} {:>10} {:>5}"
 
 
@@ -65,18 +68,20 @@ def seqlens_for(b, mean, varlen, rng):
     return [min(max(int(rng.gauss(mean, mean / 2)), 1), 2 * mean) for _ in range(b)]
 
 
-def run_config(cfg, b, h_kv, seed, repeats):
+def run_config(cfg, b, h_kv, seed, repeats, dtype="bf16"):
     import torch
 
     import flash_mla
     import mla_reference as ref
 
     s_q, h_q, mean = cfg["s_q"], cfg["h_q"], cfg["mean_sk"]
+    tdtype = ref.as_dtype(dtype)
+    elem = torch.empty((), dtype=tdtype).element_size()
     rng = random.Random(seed)
     torch.manual_seed(seed)
     lens = seqlens_for(b, mean, cfg["varlen"], rng)
     total = sum(lens)
-    kv_bytes = total * h_kv * ref.HEAD_DIM * 2
+    kv_bytes = total * h_kv * ref.HEAD_DIM * elem
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     l2 = getattr(props, "L2_cache_size", 0) or L2_FALLBACK
     # Inputs that fit in L2 would time cache hits, not HBM reads: rotate enough sets.
@@ -86,8 +91,8 @@ def run_config(cfg, b, h_kv, seed, repeats):
     for _ in range(n_sets):
         gen = torch.Generator().manual_seed(rng.randrange(2**31))
         table, num_blocks = ref.make_block_table(lens, generator=gen)
-        kv = ref.make_kv_cache(num_blocks, h_kv, table, lens)
-        sets.append((ref.make_q(b, s_q, h_q), kv, table))
+        kv = ref.make_kv_cache(num_blocks, h_kv, table, lens, dtype=tdtype)
+        sets.append((ref.make_q(b, s_q, h_q, dtype=tdtype), kv, table))
     seqlens = torch.tensor(lens, dtype=torch.int32, device="cuda")
     meta, splits = flash_mla.get_mla_metadata(seqlens, s_q * h_q // h_kv, h_kv)
 
@@ -99,6 +104,8 @@ def run_config(cfg, b, h_kv, seed, repeats):
     # Correctness (set 0): reference on a subset, global NaN / +inf checks on everything.
     out, lse = call(0)
     torch.cuda.synchronize()
+    if out.dtype != tdtype or lse.dtype != torch.float32:
+        raise TypeError(f"out {out.dtype} / lse {lse.dtype}, expected {tdtype} / float32")
     ids = sorted(set(rng.sample(range(b), min(6, b)) + [lens.index(min(lens)),
                                                          lens.index(max(lens))]))
     q, kv, table = sets[0]
@@ -138,7 +145,8 @@ def run_config(cfg, b, h_kv, seed, repeats):
     graph_ok = ref.passes(graph_errs, rel_tol=1e-3, lse_tol=1e-5)
 
     flops = 2 * s_q * total * h_q * (ref.HEAD_DIM + ref.HEAD_DIM_V)
-    nbytes = (total * h_kv * ref.HEAD_DIM + b * s_q * h_q * (ref.HEAD_DIM + ref.HEAD_DIM_V)) * 2
+    nbytes = (total * h_kv * ref.HEAD_DIM
+              + b * s_q * h_q * (ref.HEAD_DIM + ref.HEAD_DIM_V)) * elem
     ok = ref.passes(errs) and not nan_any and inf_ok and graph_ok
     problems = [name for name, bad in (("subset", not ref.passes(errs)), ("nan", nan_any),
                                        ("inf", not inf_ok), ("graph", not graph_ok)) if bad]
@@ -146,31 +154,35 @@ def run_config(cfg, b, h_kv, seed, repeats):
     del graph, first, out, lse
     torch.cuda.empty_cache()
     return dict(b=b, s_q=s_q, mean_sk=mean, h_q=h_q, h_kv=h_kv, varlen=cfg["varlen"], seed=seed,
-                sum_sk=total, n_sets=n_sets, us=us, tflops=flops / us / 1e6, gbps=nbytes / us / 1e3,
+                dtype=dtype, sum_sk=total, n_sets=n_sets, us=us, tflops=flops / us / 1e6,
+                gbps=nbytes / us / 1e3,
                 flops=flops, bytes=nbytes, rel_err=errs["rel"], lse_err=errs["lse_err"],
                 passed=ok, problems=problems)
 
 
-def run_matrix(quick=False, seed=0, batch=128, h_kv=1, repeats=10, log=print):
-    """Runs the matrix (assumes skip_reason() is None); returns (rows, info)."""
+def run_matrix(quick=False, seed=0, batch=128, h_kv=1, repeats=10, log=print, dtype="bf16"):
+    """Runs the matrix (assumes skip_reason() is None); returns (rows, info). dtype: "bf16" or
+    "fp16", the element type of q, the KV cache and out."""
     import torch
 
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of {DTYPE_NAMES}, got {dtype!r}")
     info = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, seed=seed,
-                batch=batch, h_kv=h_kv)
-    log(f"device: {info['device']}  torch {info['torch']}  b={batch} h_kv={h_kv}  "
-        f"seed {seed} (config i uses seed*1000+i)")
+                batch=batch, h_kv=h_kv, dtype=dtype)
+    log(f"device: {info['device']}  torch {info['torch']}  dtype {dtype}  b={batch} "
+        f"h_kv={h_kv}  seed {seed} (config i uses seed*1000+i)")
     log(ROW_FMT.format("b", "s_q", "mean_sk", "h_q", "varlen", "us", "TFLOPS", "GB/s",
                            "max_rel_err", "ok"))
     rows = []
     for idx, cfg in enumerate(config_list(quick)):
         cfg_seed = seed * 1000 + idx  # one seed per config, printed in the JSON
         try:
-            r = run_config(cfg, batch, h_kv, cfg_seed, repeats)
+            r = run_config(cfg, batch, h_kv, cfg_seed, repeats, dtype)
         except Exception as e:  # a crash fails this config, the others still run
             r = dict(b=batch, s_q=cfg["s_q"], mean_sk=cfg["mean_sk"], h_q=cfg["h_q"], h_kv=h_kv,
-                     varlen=cfg["varlen"], seed=cfg_seed, us=float("nan"), tflops=float("nan"),
-                     gbps=float("nan"), rel_err=float("nan"), lse_err=float("nan"),
-                     passed=False, problems=[f"{type(e).__name__}: {e}"])
+                     varlen=cfg["varlen"], seed=cfg_seed, dtype=dtype, us=float("nan"),
+                     tflops=float("nan"), gbps=float("nan"), rel_err=float("nan"),
+                     lse_err=float("nan"), passed=False, problems=[f"{type(e).__name__}: {e}"])
             torch.cuda.empty_cache()
         rows.append(r)
         log(ROW_FMT.format(r["b"], r["s_q"], r["mean_sk"], r["h_q"],
@@ -184,6 +196,8 @@ def run_matrix(quick=False, seed=0, batch=128, h_kv=1, repeats=10, log=print):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="run a few configs only")
+    ap.add_argument("--dtype", choices=DTYPE_NAMES, default="bf16",
+                    help="element type of q, the KV cache and out (lse is always fp32)")
     ap.add_argument("--json", metavar="PATH", help="write all rows as JSON")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=128)
@@ -196,7 +210,8 @@ def main(argv=None):
         print(f"SKIP: {reason}")
         return 0
     t0 = time.time()
-    rows, info = run_matrix(args.quick, args.seed, args.batch, args.h_kv, args.repeats)
+    rows, info = run_matrix(args.quick, args.seed, args.batch, args.h_kv, args.repeats,
+                            dtype=args.dtype)
     failed = sum(not r["passed"] for r in rows)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(info, rows=rows), indent=1))

@@ -58,8 +58,8 @@ def flash_mla_with_kvcache(
     """MLA decode attention over a paged KV cache.
 
     Args:
-        q: bf16 [batch, s_q, h_q, 576].
-        k_cache: bf16 [num_blocks, 64, h_kv, 576]; V is its first head_dim_v columns.
+        q: bf16 or fp16 [batch, s_q, h_q, 576].
+        k_cache: q's dtype, [num_blocks, 64, h_kv, 576]; V is its first head_dim_v columns.
         block_table: int32 [batch, max_blocks_per_seq] page ids.
         cache_seqlens: int32 [batch].
         head_dim_v: 512.
@@ -68,7 +68,7 @@ def flash_mla_with_kvcache(
         causal: with s_q > 1, query i of a sequence of length L sees keys 0 .. L - s_q + i.
 
     Returns:
-        out: bf16 [batch, s_q, h_q, head_dim_v]; lse: fp32 [batch, h_q, s_q], the natural-log
+        out: q's dtype, [batch, s_q, h_q, head_dim_v]; lse: fp32 [batch, h_q, s_q], the natural-log
         softmax denominator (+inf where a query sees no key; out is 0 there).
     """
     if softmax_scale is None:

@@ -7,7 +7,7 @@
 // also its V columns, so each K/V row is read from memory exactly once and every load of a
 // warp touches 64 contiguous bytes. Each warp keeps its own online softmax; the 8 partial
 // results are merged through shared memory at the end.
-#include <cuda_bf16.h>
+#include "element.cuh"
 
 #include <climits>
 #include <cmath>
@@ -28,6 +28,7 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;  // xor butterfly: every lane holds the full sum
 }
 
+template <typename T>
 __global__ void __launch_bounds__(kThreads) reference_kernel(const MlaDecodeParams p) {
   __shared__ float s_q[kHeadDim];
   __shared__ float s_max[kWarps];
@@ -46,12 +47,12 @@ __global__ void __launch_bounds__(kThreads) reference_kernel(const MlaDecodePara
   int limit = seqlen;  // exclusive end of the keys this query row sees
   if (p.causal) limit = min(max(seqlen - p.seqlen_q + s + 1, 0), seqlen);
 
-  const auto* q = static_cast<const __nv_bfloat16*>(p.q) + b * p.q_batch_stride +
+  const auto* q = static_cast<const T*>(p.q) + b * p.q_batch_stride +
                   s * p.q_seq_stride + h * p.q_head_stride;
-  for (int i = threadIdx.x; i < kHeadDim; i += kThreads) s_q[i] = __bfloat162float(q[i]);
+  for (int i = threadIdx.x; i < kHeadDim; i += kThreads) s_q[i] = ElementOps<T>::to_float(q[i]);
   __syncthreads();
 
-  const auto* k_cache = static_cast<const __nv_bfloat16*>(p.k_cache);
+  const auto* k_cache = static_cast<const T*>(p.k_cache);
   const int32_t* pages = p.block_table + b * p.block_table_batch_stride;
 
   // Online softmax in the natural-log domain. m and l are warp-uniform (the score is
@@ -65,10 +66,10 @@ __global__ void __launch_bounds__(kThreads) reference_kernel(const MlaDecodePara
     // j < limit <= seqlen, so only block_table entries below ceil(seqlen / 64) and only valid
     // KV rows are ever read.
     const int64_t page = pages[j / kPageBlockSize];
-    const __nv_bfloat16* kv = k_cache + page * p.k_block_stride +
+    const T* kv = k_cache + page * p.k_block_stride +
                               (j % kPageBlockSize) * p.k_row_stride + g * p.k_head_stride;
     float x[kQkPerLane];
-    for (int i = 0; i < kQkPerLane; ++i) x[i] = __bfloat162float(kv[lane + 32 * i]);
+    for (int i = 0; i < kQkPerLane; ++i) x[i] = ElementOps<T>::to_float(kv[lane + 32 * i]);
     float dot = 0.f;
     for (int i = 0; i < kQkPerLane; ++i) dot = fmaf(s_q[lane + 32 * i], x[i], dot);
     const float score = warp_sum(dot) * p.softmax_scale;
@@ -100,7 +101,7 @@ __global__ void __launch_bounds__(kThreads) reference_kernel(const MlaDecodePara
   }
   __syncthreads();
 
-  auto* out = static_cast<__nv_bfloat16*>(p.out) + b * p.o_batch_stride + s * p.o_seq_stride +
+  auto* out = static_cast<T*>(p.out) + b * p.o_batch_stride + s * p.o_seq_stride +
               h * p.o_head_stride;
   const float inv_l = empty ? 0.f : 1.f / l_all;
   for (int c = threadIdx.x; c < kHeadDimV; c += kThreads) {
@@ -108,7 +109,7 @@ __global__ void __launch_bounds__(kThreads) reference_kernel(const MlaDecodePara
     if (!empty) {
       for (int w = 0; w < kWarps; ++w) sum += s_acc[w][c];
     }
-    out[c] = __float2bfloat16_rn(sum * inv_l);
+    out[c] = ElementOps<T>::from_float(sum * inv_l);
   }
   if (threadIdx.x == 0) {
     const int64_t lse_index = (static_cast<int64_t>(b) * p.num_heads_q + h) * p.seqlen_q + s;
@@ -119,11 +120,12 @@ __global__ void __launch_bounds__(kThreads) reference_kernel(const MlaDecodePara
 }  // namespace
 
 void launch_reference_gpu(const MlaDecodeParams& p, cudaStream_t stream) {
-  if (p.dtype != DType::kBF16) throw Error("reference: only bf16 is supported");
   const int64_t rows = static_cast<int64_t>(p.batch) * p.seqlen_q * p.num_heads_q;
   if (rows == 0) return;  // a zero-sized grid is a launch error; there is nothing to write
   if (rows > INT_MAX) throw Error("reference: batch * seqlen_q * num_heads_q exceeds INT_MAX");
-  reference_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(p);
+  dispatch_element(p.dtype, [&](auto element) {
+    reference_kernel<decltype(element)><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(p);
+  });
   check_cuda(cudaGetLastError(), "reference_kernel launch");
 }
 

@@ -2,8 +2,6 @@
 // kernel. The design (what each warpgroup does per KV tile, and why) is in docs/design.md.
 #pragma once
 
-#include <cuda_bf16.h>
-
 #include <cstdint>
 
 namespace flashmla::sm90 {
@@ -12,7 +10,7 @@ constexpr int kBlockM = 64;           // query rows per CTA (one wgmma M)
 constexpr int kBlockN = 64;           // KV tokens per tile == one page
 constexpr int kHeadDim = 576;         // QK^T depth
 constexpr int kHeadDimV = 512;        // PV width
-constexpr int kSubCols = 64;          // columns per 128-byte-swizzled sub-tile (64 bf16 = 128 B)
+constexpr int kSubCols = 64;          // columns per 128-byte-swizzled sub-tile (64 x 2 B = 128 B)
 constexpr int kSubTiles = kHeadDim / kSubCols;  // 9
 constexpr int kSubTileBytes = kBlockN * kSubCols * 2;  // 8 KiB: one TMA box
 constexpr int kTileBytes = kSubTiles * kSubTileBytes;  // 72 KiB per KV tile
@@ -39,9 +37,10 @@ enum class MathBarrier : int {
 };
 
 struct alignas(1024) SharedStorage {
-  __nv_bfloat16 q[kSubTiles][kBlockM * kSubCols];           // 72 KiB, 128B-swizzled, K-major
-  __nv_bfloat16 kv[kStages][kSubTiles][kBlockN * kSubCols];  // 144 KiB, as TMA writes them
-  __nv_bfloat16 p[kBlockM * kBlockN];                        // 8 KiB, 128B-swizzled, K-major
+  // 16-bit elements (BF16 or FP16: the layout does not depend on which).
+  uint16_t q[kSubTiles][kBlockM * kSubCols];           // 72 KiB, 128B-swizzled, K-major
+  uint16_t kv[kStages][kSubTiles][kBlockN * kSubCols];  // 144 KiB, as TMA writes them
+  uint16_t p[kBlockM * kBlockN];                        // 8 KiB, 128B-swizzled, K-major
   float row_max[2][kBlockM];
   float row_sum[2][kBlockM];
   uint64_t full[kStages];   // TMA bytes of a stage landed

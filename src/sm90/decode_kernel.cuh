@@ -4,10 +4,10 @@
 #pragma once
 
 #include <cuda.h>
-#include <cuda_bf16.h>
 
 #include <cstdint>
 
+#include "element.cuh"
 #include "flashmla/flashmla.h"
 #include "scheduler/plan.h"
 #include "sm90/decode_config.h"
@@ -19,7 +19,7 @@ __device__ __forceinline__ void math_sync(MathBarrier b) {
   named_barrier_sync(static_cast<int>(b), kMathThreads);
 }
 
-// Byte offset of element (row, col) inside a 64x64 bf16 sub-tile stored 128B-swizzled:
+// Byte offset of element (row, col) inside a 64x64 16-bit sub-tile stored 128B-swizzled:
 // the 16-byte chunk index is XORed with row % 8, the pattern TMA's SWIZZLE_128B writes and
 // wgmma's 128B descriptor mode reads.
 __device__ __forceinline__ uint32_t swizzled_offset(int row, int col) {
@@ -64,7 +64,7 @@ __device__ __forceinline__ void load_q(const MlaDecodeParams& p, SharedStorage& 
                                        int kv_head, int m_tile, int math_tid) {
   const int heads_per_kv = p.num_heads_q / p.num_heads_kv;
   const int rows = p.seqlen_q * heads_per_kv;
-  const auto* q = static_cast<const __nv_bfloat16*>(p.q);
+  const auto* q = static_cast<const uint16_t*>(p.q);  // moved as raw 16-byte chunks
   constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
   for (int c = math_tid; c < kBlockM * kChunksPerRow; c += kMathThreads) {
     const int row = c / kChunksPerRow, chunk = c % kChunksPerRow;
@@ -94,7 +94,7 @@ __device__ __forceinline__ void sanitize_tail(SharedStorage& s, int stage, int v
 }
 
 // 2^x on the SFU; -inf gives +0. The scores are bounded, so the approximation's relative
-// error (~2^-22) is far below the bf16 rounding of P.
+// error (~2^-22) is far below the 16-bit rounding of P.
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -110,6 +110,7 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffff, x, 2);
 }
 
+template <typename T>
 __device__ __forceinline__ void math(const MlaDecodeParams& p, SharedStorage& s,
                                      const PartWalk& walk, int kv_head, int m_tile,
                                      int math_tid) {
@@ -168,7 +169,7 @@ __device__ __forceinline__ void math(const MlaDecodeParams& p, SharedStorage& s,
 #pragma unroll
       for (int kk = 0; kk < kHeadDim / 16; ++kk) {
         const uint32_t off = (kk / 4) * kSubTileBytes + (kk % 4) * 32;
-        wgmma_m64n32k16_bf16(acc, make_desc_sw128(sq_addr + off, 16, 1024),
+        wgmma_m64n32k16<T>(acc, make_desc_sw128(sq_addr + off, 16, 1024),
                              make_desc_sw128(kv_addr + off + wg * 32 * 128, 16, 1024), kk > 0);
       }
       wgmma_commit();
@@ -232,10 +233,9 @@ __device__ __forceinline__ void math(const MlaDecodeParams& p, SharedStorage& s,
         sum0 += p00 + p01;
         sum1 += p10 + p11;
         const int col = wg * kTokensPerMathWG + j * 8 + quad * 2;
-        *reinterpret_cast<__nv_bfloat162*>(sp + swizzled_offset(row0, col)) =
-            __floats2bfloat162_rn(p00, p01);
-        *reinterpret_cast<__nv_bfloat162*>(sp + swizzled_offset(row1, col)) =
-            __floats2bfloat162_rn(p10, p11);
+        using Pair = typename ElementOps<T>::Pair;
+        *reinterpret_cast<Pair*>(sp + swizzled_offset(row0, col)) = ElementOps<T>::pack(p00, p01);
+        *reinterpret_cast<Pair*>(sp + swizzled_offset(row1, col)) = ElementOps<T>::pack(p10, p11);
       }
       l0 = l0 * alpha0 + sum0;
       l1 = l1 * alpha1 + sum1;
@@ -258,7 +258,7 @@ __device__ __forceinline__ void math(const MlaDecodeParams& p, SharedStorage& s,
       wgmma_fence();
 #pragma unroll
       for (int t = 0; t < kBlockN / 16; ++t) {
-        wgmma_m64n256k16_bf16_tb(
+        wgmma_m64n256k16_tb<T>(
             o, make_desc_sw128(sp_addr + t * 32, 16, 1024),
             make_desc_sw128(kv_addr + wg * 4 * kSubTileBytes + t * 16 * 128, kSubTileBytes, 1024),
             1);
@@ -301,12 +301,12 @@ __device__ __forceinline__ void math(const MlaDecodeParams& p, SharedStorage& s,
       const float lse2 = half ? lse2_1 : lse2_0;
       const int sq = r / heads_per_kv, h = kv_head * heads_per_kv + r % heads_per_kv;
       if (n_splits == 1) {
-        auto* out = static_cast<__nv_bfloat16*>(p.out) + i * p.o_batch_stride +
+        auto* out = static_cast<T*>(p.out) + i * p.o_batch_stride +
                     sq * p.o_seq_stride + h * p.o_head_stride + wg * kColsPerMathWG;
 #pragma unroll
         for (int j = 0; j < 32; ++j) {
-          *reinterpret_cast<__nv_bfloat162*>(out + j * 8 + quad * 2) = __floats2bfloat162_rn(
-              o[j * 4 + half * 2] * inv, o[j * 4 + half * 2 + 1] * inv);
+          *reinterpret_cast<typename ElementOps<T>::Pair*>(out + j * 8 + quad * 2) =
+              ElementOps<T>::pack(o[j * 4 + half * 2] * inv, o[j * 4 + half * 2 + 1] * inv);
         }
         if (wg == 0 && quad == 0) {
           p.lse[(static_cast<int64_t>(i) * p.num_heads_q + h) * p.seqlen_q + sq] =
@@ -326,6 +326,7 @@ __device__ __forceinline__ void math(const MlaDecodeParams& p, SharedStorage& s,
   }
 }
 
+template <typename T>
 __global__ void __launch_bounds__(kThreads, 1)
     mla_decode_kernel(const __grid_constant__ MlaDecodeParams p,
                       const __grid_constant__ CUtensorMap kv_map) {
@@ -350,7 +351,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (threadIdx.x == 0) producer(p, &kv_map, s, walk, kv_head);
   } else {
     setmaxnreg_inc<kMathRegs>();
-    math(p, s, walk, kv_head, m_tile, threadIdx.x - 128);
+    math<T>(p, s, walk, kv_head, m_tile, threadIdx.x - 128);
   }
 }
 

@@ -34,10 +34,10 @@ def _seed(request):
     torch.manual_seed(seed)
 
 
-def _case(seqlens, s_q, h_q, h_kv, q_scale=1.0, **table_kw):
+def _case(seqlens, s_q, h_q, h_kv, q_scale=1.0, dtype=torch.bfloat16, **table_kw):
     table, num_blocks = ref.make_block_table(seqlens, **table_kw)
-    kv = ref.make_kv_cache(num_blocks, h_kv, table, seqlens)
-    q = ref.make_q(len(seqlens), s_q, h_q, scale=q_scale)
+    kv = ref.make_kv_cache(num_blocks, h_kv, table, seqlens, dtype=dtype)
+    q = ref.make_q(len(seqlens), s_q, h_q, dtype=dtype, scale=q_scale)
     lens = torch.tensor(seqlens, dtype=torch.int32, device="cuda")
     return q, kv, table, lens
 
@@ -50,6 +50,7 @@ def _run(q, kv, table, lens, causal, softmax_scale=None):
 
 
 def _assert_matches(out, lse, q, kv, table, seqlens, causal, scale=DEFAULT_SCALE):
+    # Same tolerances for bf16 and fp16 (fp16 has 3 more mantissa bits: this is looser for it).
     b, s_q, h_q, _ = q.shape
     assert out.shape == (b, s_q, h_q, ref.HEAD_DIM_V) and out.dtype == q.dtype
     assert lse.shape == (b, h_q, s_q) and lse.dtype == torch.float32
@@ -83,11 +84,27 @@ def test_decode_matches_reference(h_q, h_kv, s_q, lens_name):
     _assert_matches(out, lse, q, kv, table, seqlens, causal=True)
 
 
-@pytest.mark.parametrize("s_q", [1, 2, 4])
-def test_non_causal_and_peaky_scores(s_q):
+# FP16 (q, k_cache, out in float16; lse float32): a subset of the bf16 matrix above, the
+# lengths that stress page edges and splitting.
+@pytest.mark.parametrize("lens_name", ["varlen", "skewed"])
+@pytest.mark.parametrize("s_q", [1, 2])
+@pytest.mark.parametrize("h_kv", [1, 2])
+@pytest.mark.parametrize("h_q", [16, 128])
+def test_fp16_matches_reference(h_q, h_kv, s_q, lens_name):
+    seqlens = SEQLENS[lens_name]
+    q, kv, table, lens = _case(seqlens, s_q, h_q, h_kv, dtype=torch.float16)
+    out, lse = _run(q, kv, table, lens, causal=True)
+    assert out.dtype == torch.float16 and lse.dtype == torch.float32
+    _assert_matches(out, lse, q, kv, table, seqlens, causal=True)
+
+
+@pytest.mark.parametrize("s_q,dtype", [(1, torch.bfloat16), (2, torch.bfloat16),
+                                       (4, torch.bfloat16), (2, torch.float16)],
+                         ids=["1-bf16", "2-bf16", "4-bf16", "2-fp16"])
+def test_non_causal_and_peaky_scores(s_q, dtype):
     # q scaled up: softmax dominated by a few keys, stressing the running max and rescaling.
     seqlens = [1, 130, 2000, 0, 64]
-    q, kv, table, lens = _case(seqlens, s_q, 64, 1, q_scale=6.0)
+    q, kv, table, lens = _case(seqlens, s_q, 64, 1, q_scale=6.0, dtype=dtype)
     out, lse = _run(q, kv, table, lens, causal=False, softmax_scale=0.1)
     _assert_matches(out, lse, q, kv, table, seqlens, causal=False, scale=0.1)
 
@@ -151,7 +168,8 @@ def test_metadata_shapes():
         assert s[2] == s[1], "an empty sequence has no split"
 
 
-def test_cuda_graph_replay_with_new_inputs():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_cuda_graph_replay_with_new_inputs(dtype):
     # An engine's step: metadata once, then every layer; captured once, replayed with new
     # lengths, new page tables and new contents written into the same buffers.
     b, s_q, h_q, h_kv, layers = 8, 2, 64, 1, 3
@@ -160,8 +178,9 @@ def test_cuda_graph_replay_with_new_inputs():
 
     def inputs(seqlens):
         table, _ = ref.make_block_table(seqlens, max_blocks=max_blocks, num_blocks=num_blocks)
-        kvs = [ref.make_kv_cache(num_blocks, h_kv, table, seqlens) for _ in range(layers)]
-        qs = [ref.make_q(b, s_q, h_q) for _ in range(layers)]
+        kvs = [ref.make_kv_cache(num_blocks, h_kv, table, seqlens, dtype=dtype)
+               for _ in range(layers)]
+        qs = [ref.make_q(b, s_q, h_q, dtype=dtype) for _ in range(layers)]
         lens = torch.tensor(seqlens, dtype=torch.int32, device="cuda")
         return qs, kvs, table, lens
 
@@ -218,11 +237,13 @@ def test_torch_compile_fullgraph():
     _assert_matches(out2, lse2, q, kv2, table2, seqlens2, causal=True)
 
 
-def test_opcheck_fake_kernels():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_opcheck_fake_kernels(dtype):
+    # test_faketensor also checks that the fake kernel's out dtype follows q's.
     if not hasattr(torch.library, "opcheck"):
         pytest.skip("torch.library.opcheck needs torch >= 2.4")
     seqlens = [10, 700]
-    q, kv, table, lens = _case(seqlens, 2, 16, 1)
+    q, kv, table, lens = _case(seqlens, 2, 16, 1, dtype=dtype)
     utils = ("test_schema", "test_faketensor")
     torch.library.opcheck(torch.ops.flash_mla.get_mla_metadata.default, (lens, 32, 1),
                           test_utils=utils)
@@ -248,7 +269,8 @@ BAD_ARGS = {
     "q rank": ("q", lambda a: a["q"][0]),
     "q head_dim": ("q", lambda a: a["q"][..., :512]),
     "q device": ("q", lambda a: a["q"].cpu()),
-    "k_cache dtype": ("k_cache", lambda a: a["k_cache"].half()),
+    "k_cache dtype": ("k_cache", lambda a: a["k_cache"].half()),  # bf16 q, fp16 cache
+    "k_cache float32": ("k_cache", lambda a: a["k_cache"].float()),
     "k_cache head_dim": ("k_cache", lambda a: a["k_cache"][..., :512]),
     "k_cache page size": ("k_cache", lambda a: a["k_cache"].reshape(-1, 32, *a["k_cache"].shape[2:])),
     "k_cache device": ("k_cache", lambda a: a["k_cache"].cpu()),
@@ -269,6 +291,23 @@ def test_bad_argument_raises_value_error(case):
     args[name] = corrupt(args)
     with pytest.raises(ValueError, match=rf"\b{name}\b"):
         flash_mla_with_kvcache(**args, causal=True)
+
+
+def test_fp16_q_with_bf16_k_cache_raises_value_error():
+    # Each dtype is accepted alone; mixing them is not (the message names k_cache).
+    args = _good_args()
+    assert args["k_cache"].dtype == torch.bfloat16
+    args["q"] = args["q"].half()
+    with pytest.raises(ValueError, match=r"\bk_cache\b"):
+        flash_mla_with_kvcache(**args, causal=True)
+
+
+def test_fp16_good_args_accepted():
+    # The bad-argument cases above start from bf16; the same call in fp16 must run.
+    args = _good_args()
+    args["q"], args["k_cache"] = args["q"].half(), args["k_cache"].half()
+    out, lse = flash_mla_with_kvcache(**args, causal=True)
+    assert out.dtype == torch.float16 and lse.dtype == torch.float32
 
 
 def test_all_cpu_inputs_raise_value_error():
