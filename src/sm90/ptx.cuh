@@ -108,7 +108,8 @@ __device__ __forceinline__ void fence_operands(float (&d)[N]) {
 }
 
 // S tile: A (Q) and B (K) both K-major in shared memory.
-// T is the element type (__nv_bfloat16 or __half): the same instruction with .bf16 or .f16.
+// T is the element type (__nv_bfloat16 or __half): the same instruction with .bf16 or .f16,
+// spelled out twice because inline asm takes only a literal instruction string.
 template <typename T>
 __device__ __forceinline__ void wgmma_m64n32k16(float (&d)[16], uint64_t desc_a, uint64_t desc_b,
                                             int accumulate) {
@@ -134,7 +135,8 @@ __device__ __forceinline__ void wgmma_m64n32k16(float (&d)[16], uint64_t desc_a,
 }
 
 // O tile: A (P) K-major, B (V) MN-major (trans-b = 1): V rows are K's rows, columns contiguous.
-// T is the element type (__nv_bfloat16 or __half): the same instruction with .bf16 or .f16.
+// T is the element type (__nv_bfloat16 or __half): the same instruction with .bf16 or .f16,
+// spelled out twice because inline asm takes only a literal instruction string.
 template <typename T>
 __device__ __forceinline__ void wgmma_m64n256k16_tb(float (&d)[128], uint64_t desc_a, uint64_t desc_b,
                                             int accumulate) {
