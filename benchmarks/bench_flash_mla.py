@@ -6,7 +6,7 @@ bandwidth and bf16 dense matmul rate, i.e. the time no kernel can beat. "% floor
 floor / achieved. Latency target (regime rows) = 1.3 * floor + 5 us.
 
     python3 benchmarks/bench_flash_mla.py --from-json bench.json [--from-json matrix.json] --png out.png
-    python3 benchmarks/bench_flash_mla.py [--quick]          # runs the Python matrix itself (GPU)
+    python3 benchmarks/bench_flash_mla.py [--quick] [--page-size N]   # runs the Python matrix (GPU)
 
 --from-json takes either JSON (repeatable): the C++ benchmark's (build/bench_decode --json, rows
 under "results", with "regime" names, metadata / decode / schedule+decode us and FlashMLA's
@@ -15,6 +15,8 @@ figures) or tests/test_flash_mla.py --json (rows under "rows"). The PNG has two 
          target (green dashed, regime rows), schedule+decode for one layer (open circle) and
          upstream FlashMLA's figure (black star) where known;
   right: achieved vs floor us (log-log) with the lines y = floor and y = 1.3 * floor + 5.
+When the rows have more than one KV page size ("page", 64 where a row does not say), labels end
+in " pg<page>".
 """
 
 import argparse
@@ -66,7 +68,7 @@ def from_cpp_row(r):
     e = dict(source="c++", group=group, regime=regime, label=label, us=r.get("decode_us", math.nan),
              step_us=r.get("sched_decode_us"), meta_us=r.get("metadata_us"),
              flashmla_us=r.get("flashmla_us"), error=r.get("error"), b=r["b"], h_q=r["h_q"],
-             s_q=r["s_q"], sum_sk=r.get("sum_sk", r["b"] * r["s_k"]))
+             s_q=r["s_q"], sum_sk=r.get("sum_sk", r["b"] * r["s_k"]), page=r.get("page", 64))
     if "bytes" in r and "flops" in r:
         e["floor"] = floor_us(r)
     elif "floor_us" in r:
@@ -86,7 +88,7 @@ def from_py_row(r):
                 us=r["us"] if ok else math.nan, step_us=None, meta_us=None, flashmla_us=None,
                 error=None if r.get("passed", True) else "; ".join(r.get("problems", [])) or "FAIL",
                 b=r.get("b"), h_q=r["h_q"], s_q=r["s_q"], sum_sk=r.get("sum_sk"), floor=fl,
-                target=target_us(fl) if ok else math.nan)
+                target=target_us(fl) if ok else math.nan, page=r.get("page", 64))
 
 
 def load_entries(path):
@@ -101,23 +103,30 @@ def load_entries(path):
     raise SystemExit(f"{path}: neither bench_decode JSON ('results') nor matrix JSON ('rows')")
 
 
+def label_pages(entries):
+    """Appends " pg<page>" to every label when the entries have more than one page size."""
+    if len({e["page"] for e in entries}) > 1:
+        for e in entries:
+            e["label"] += f" pg{e['page']}"
+
+
 def fmt(x, spec=".1f"):
     return format(x, spec) if finite(x) else "-"
 
 
 def print_table(entries):
-    head = "{:<3} {:<24} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>4} {:>5} {:>8} {:>6}"
+    head = "{:<3} {:<30} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>4} {:>5} {:>8} {:>6}"
     print(head.format("src", "config", "meta_us", "dec_us", "step_us", "floor", "%floor", "target",
                       "met", "met+m", "flashmla", "vs_fm"))
     for e in entries:
         if e["error"] and not finite(e["us"]):
-            print(f"{e['source']:<3} {e['label']:<24} FAILED: {e['error']}")
+            print(f"{e['source']:<3} {e['label']:<30} FAILED: {e['error']}")
             continue
         timed = finite(e["us"]) and finite(e["floor"])
         met = ("yes" if e["us"] <= e["target"] else "NO") if timed else "-"
         met_m = ("yes" if e["step_us"] <= e["target"] else "NO") if timed and finite(e["step_us"]) else "-"
         fm = e["flashmla_us"]
-        print(head.format(e["source"], e["label"][:24], fmt(e["meta_us"], ".2f"), fmt(e["us"]),
+        print(head.format(e["source"], e["label"][:30], fmt(e["meta_us"], ".2f"), fmt(e["us"]),
                           fmt(e["step_us"]), fmt(e["floor"]),
                           f"{100 * e['floor'] / e['us']:.0f}%" if timed else "-", fmt(e["target"]),
                           met, met_m, fmt(fm), f"{e['us'] / fm:.2f}x" if finite(fm) and timed else "-")
@@ -247,6 +256,8 @@ def main(argv=None):
     ap.add_argument("--from-json", metavar="PATH", action="append", default=[],
                     help="bench_decode --json or test_flash_mla.py --json output (repeatable)")
     ap.add_argument("--quick", action="store_true", help="when running the matrix: few configs")
+    ap.add_argument("--page-size", type=int, default=64, metavar="N",
+                    help="when running the matrix: KV page size in tokens (default 64)")
     ap.add_argument("--png", default=str(ROOT / "out" / "bench_flash_mla.png"),
                     help="plot path (default: out/, which git ignores)")
     args = ap.parse_args(argv)
@@ -263,7 +274,7 @@ def main(argv=None):
         if reason:
             print(f"SKIP: {reason}")
             return 0
-        rows, info = mod.run_matrix(quick=args.quick)  # prints rows as they finish
+        rows, info = mod.run_matrix(quick=args.quick, page=args.page_size)  # prints rows
         devices.append(info.get("device", "?"))
         entries = [from_py_row(r) for r in rows]
     device = ", ".join(sorted(set(d for d in devices if d != "?")) or {"?"})
@@ -272,6 +283,7 @@ def main(argv=None):
     if not entries:
         print("no rows")
         return 0
+    label_pages(entries)
     print_table(entries)
     plot(entries, args.png, f"flash_mla decode on {device}: achieved vs floor")
     return 0

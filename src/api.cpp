@@ -2,8 +2,8 @@
 //
 // What validate() cannot check: cache_seqlens and block_table live in device memory, and
 // reading them would need a host sync (and would break CUDA-graph capture). The kernels clamp
-// nothing, so the caller must guarantee 0 <= cache_seqlens[i] <= max_blocks_per_seq * 64 and
-// that every block_table entry covering a live token is in [0, num_blocks). The sizes of
+// nothing, so the caller must guarantee 0 <= cache_seqlens[i] <= max_blocks_per_seq *
+// page_block_size and that every block_table entry covering a live token is in [0, num_blocks). The sizes of
 // o_accum / lse_accum are not part of MlaDecodeParams either: allocate at least
 // o_accum_elems() / lse_accum_elems() for the same batch, num_sm_parts and heads.
 #include <algorithm>
@@ -123,19 +123,20 @@ struct Dim {
 };
 
 // Vector loads and TMA read 16-byte chunks, so every stride that is actually stepped must
-// be a whole number of 16 bytes (8 bf16). Rows must not overlap: sort the stepped dims by
+// be a whole number of 16 bytes: `chunk` elements (8 for 16-bit tensors, 16 for FP8 records). Rows must not overlap: sort the stepped dims by
 // stride and require each to clear the span of everything inside it. A dimension of extent 1
 // is never stepped, so its stride is free (PyTorch gives such dims arbitrary strides) unless
 // `strict` - k_cache strides all go into a TMA descriptor whatever the extent.
 template <int N>
-void check_layout(const char* tensor, int64_t inner_extent, Dim (&dims)[N], bool strict) {
+void check_layout(const char* tensor, int64_t inner_extent, Dim (&dims)[N], bool strict,
+                  int64_t chunk = 8) {
   Dim stepped[N];
   int n = 0;
   for (const Dim& d : dims) {
     if (d.extent <= 1 && !strict) continue;
-    if (d.stride <= 0 || d.stride % 8 != 0)
-      throw Error(std::string(d.stride_name) + " must be a positive multiple of 8 elements (16 bytes), got " +
-                  str(d.stride));
+    if (d.stride <= 0 || d.stride % chunk != 0)
+      throw Error(std::string(d.stride_name) + " must be a positive multiple of " + str(chunk) +
+                  " elements (16 bytes), got " + str(d.stride));
     if (d.extent > 1) stepped[n++] = d;
   }
   std::stable_sort(stepped, stepped + n, [](const Dim& a, const Dim& b) { return a.stride < b.stride; });
@@ -156,6 +157,13 @@ void check_layout(const char* tensor, int64_t inner_extent, Dim (&dims)[N], bool
 void validate_problem(const MlaDecodeParams& p) {
   if (p.dtype != DType::kBF16 && p.dtype != DType::kFP16)
     throw Error("dtype must be kBF16 or kFP16, got " + str(static_cast<int>(p.dtype)));
+  if (p.kv_format != KvFormat::kSameAsQ && p.kv_format != KvFormat::kFP8WithScale)
+    throw Error("kv_format must be kSameAsQ or kFP8WithScale, got " +
+                str(static_cast<int>(p.kv_format)));
+  const bool fp8 = p.kv_format == KvFormat::kFP8WithScale;
+  if (fp8 && p.dtype != DType::kBF16)
+    throw Error("dtype must be kBF16 when kv_format is kFP8WithScale (q and out are bf16), got " +
+                std::string(p.dtype == DType::kFP16 ? "kFP16" : str(static_cast<int>(p.dtype))));
 
   require_at_least("batch", p.batch, 1);
   require_at_least("seqlen_q", p.seqlen_q, 1);
@@ -169,7 +177,9 @@ void validate_problem(const MlaDecodeParams& p) {
                 str(static_cast<int64_t>(p.seqlen_q) * p.num_heads_q));
   require_equal("head_dim", p.head_dim, kHeadDim);
   require_equal("head_dim_v", p.head_dim_v, kHeadDimV);
-  require_equal("page_block_size", p.page_block_size, kPageBlockSize);
+  if (!is_supported_page_block_size(p.page_block_size))
+    throw Error("page_block_size must be a power of two from 1 to " + str(kMaxPageBlockSize) +
+                " (1, 2, 4, ..., 256), got " + str(p.page_block_size));
   require_at_least("num_blocks", p.num_blocks, 1);
   require_at_least("max_blocks_per_seq", p.max_blocks_per_seq, 1);
   if (!std::isfinite(p.softmax_scale) || p.softmax_scale <= 0.f)
@@ -191,7 +201,11 @@ void validate_problem(const MlaDecodeParams& p) {
   Dim k_dims[] = {{"k_head_stride", p.num_heads_kv, p.k_head_stride},
                   {"k_row_stride", p.page_block_size, p.k_row_stride},
                   {"k_block_stride", p.num_blocks, p.k_block_stride}};
-  check_layout("k_cache", kHeadDim, k_dims, /*strict=*/true);
+  if (fp8) {
+    check_layout("k_cache", kFp8TokenBytes, k_dims, /*strict=*/true, /*chunk=*/16);
+  } else {
+    check_layout("k_cache", kHeadDim, k_dims, /*strict=*/true);
+  }
   Dim o_dims[] = {{"o_head_stride", p.num_heads_q, p.o_head_stride},
                   {"o_seq_stride", p.seqlen_q, p.o_seq_stride},
                   {"o_batch_stride", p.batch, p.o_batch_stride}};

@@ -28,25 +28,43 @@ class Error : public std::runtime_error {
 
 enum class DType : int { kBF16 = 0, kFP16 = 1 };
 
+// How k_cache stores a token. kFP8WithScale is FlashMLA's dense "FP8 with scale" format, one
+// 656-byte record per (page row, kv head):
+//   bytes [0, 512)    float8_e4m3 latent values, value_d / scale_{d / 128} (saturated to +-448)
+//   bytes [512, 528)  4 float32 scales; scale g covers latent dims [128 g, 128 g + 128)
+//   bytes [528, 656)  the 64 RoPE dims as bf16, unscaled
+// Dequantized: latent_d = float(e4m3_d) * scale_{d / 128}, rope as stored.
+enum class KvFormat : int { kSameAsQ = 0, kFP8WithScale = 1 };
+constexpr int kFp8TokenBytes = 656;
+constexpr int kFp8ScaleGroup = 128;  // latent dims per scale
+
 // Fixed geometry of the MLA decode kernels.
 constexpr int kHeadDim = 576;        // latent (512) + RoPE (64)
 constexpr int kHeadDimV = 512;       // V = first 512 columns of each K row
-constexpr int kPageBlockSize = 64;   // tokens per KV-cache page
+constexpr int kPageBlockSize = 64;   // default tokens per KV-cache page
+constexpr int kMaxPageBlockSize = 256;
 constexpr int kTileRows = 64;        // query rows (s_q x heads of one kv head) per CTA
 constexpr int kMetadataInts = 8;     // int32 per scheduler part in tile_scheduler_metadata
+
+// Page sizes the kernels take: powers of two from 1 to 256 tokens. Pages of 16 and more are
+// read with TMA, smaller ones with a cp.async gather (see docs/design.md for the speed of each).
+constexpr bool is_supported_page_block_size(int n) {
+  return n >= 1 && n <= kMaxPageBlockSize && (n & (n - 1)) == 0;
+}
 
 // One flat parameter block for the decode call. Strides are in elements; the last dimension
 // of q / k_cache / out is contiguous. "rows" = s_q * (h_q / h_kv), the query rows that share
 // one kv head; row r is (s = r / (h_q/h_kv), head-in-group = r % (h_q/h_kv)).
 struct MlaDecodeParams {
-  DType dtype = DType::kBF16;  // element type of q, k_cache and out
+  DType dtype = DType::kBF16;  // element type of q and out (and of k_cache when kSameAsQ)
+  KvFormat kv_format = KvFormat::kSameAsQ;  // kFP8WithScale: dtype must be kBF16
   int batch = 0;               // b
   int seqlen_q = 0;            // s_q, query tokens per sequence (MTP / speculative decoding)
   int num_heads_q = 0;         // h_q
   int num_heads_kv = 0;        // h_kv (1 for MLA); h_q % h_kv == 0
   int head_dim = kHeadDim;     // d, must be 576
   int head_dim_v = kHeadDimV;  // dv, must be 512
-  int page_block_size = kPageBlockSize;  // tokens per page, must be 64
+  int page_block_size = kPageBlockSize;  // tokens per page: 1, 2, 4, ..., 256
   int num_blocks = 0;          // pages in k_cache
   int max_blocks_per_seq = 0;  // columns of block_table
   float softmax_scale = 0.f;   // > 0; the Python front defaults it to 1/sqrt(576)
@@ -57,7 +75,8 @@ struct MlaDecodeParams {
   int64_t q_seq_stride = 0;
   int64_t q_head_stride = 0;
 
-  const void* k_cache = nullptr;      // [num_blocks, page_block_size, h_kv, d]; V aliases it
+  const void* k_cache = nullptr;      // [num_blocks, page_block_size, h_kv, d]; V aliases it.
+                                      // kFP8WithScale: [.., .., h_kv, 656] bytes, strides in bytes
   int64_t k_block_stride = 0;
   int64_t k_row_stride = 0;
   int64_t k_head_stride = 0;
@@ -102,6 +121,18 @@ bool can_implement(const MlaDecodeParams& p, std::string* why = nullptr);
 
 // Validates, then runs the decode kernel and the split combine on `stream`.
 void mla_decode(const MlaDecodeParams& p, cudaStream_t stream);
+
+// FP8 KV-cache conversion, elementwise over token records (asynchronous on `stream`).
+// quantize: n_tokens bf16 rows of 576 (row stride `src_stride` elements, >= 576, a multiple of 8)
+// -> n_tokens records of 656 bytes (row stride `dst_stride` bytes, >= 656, a multiple of 16).
+// scale_g = max|latent dims of group g| / 448 (1 if the group is all zero).
+// dequantize: the inverse direction into bf16 rows (strides as above, swapped).
+// A paged cache [num_blocks, page, h_kv, ...] that is contiguous in its leading dims is
+// n_tokens = num_blocks * page * h_kv rows.
+void quantize_kv_fp8(const void* src_bf16, int64_t src_stride, void* dst_fp8, int64_t dst_stride,
+                     int64_t n_tokens, cudaStream_t stream);
+void dequantize_kv_fp8(const void* src_fp8, int64_t src_stride, void* dst_bf16,
+                       int64_t dst_stride, int64_t n_tokens, cudaStream_t stream);
 
 // Simple GPU reference (one CTA per query row, fp32 accumulate, no splits): the test oracle
 // for shapes too large for the CPU reference. Same semantics and outputs as mla_decode;

@@ -100,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor> get_mla_metadata(const at::Tensor& cache_seql
 std::tuple<at::Tensor, at::Tensor> fwd_kvcache_mla(
     const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& block_table,
     const at::Tensor& cache_seqlens, int64_t head_dim_v, const at::Tensor& tile_scheduler_metadata,
-    const at::Tensor& num_splits, double softmax_scale, bool causal) {
+    const at::Tensor& num_splits, double softmax_scale, bool causal, bool is_fp8_kvcache) {
   // Devices first: this function is also registered for CPU so that all-CPU inputs give a
   // ValueError rather than the dispatcher's NotImplementedError.
   TORCH_CHECK_VALUE(q.is_cuda(), "q must be a CUDA tensor, got device ", q.device());
@@ -111,13 +111,21 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache_mla(
   check_cuda_tensor(tile_scheduler_metadata, "tile_scheduler_metadata", device);
   check_cuda_tensor(num_splits, "num_splits", device);
 
-  // dtypes and ranks; sizes the core cares about (576, 512, page 64, head ratio) are checked
+  // dtypes and ranks; sizes the core cares about (576, 512, page size, head ratio) are checked
   // here too so that the message names the tensor, and again by flashmla::validate.
   const auto dtype = q.scalar_type();
   TORCH_CHECK_VALUE(dtype == at::kBFloat16 || dtype == at::kHalf,
                     "q must be bfloat16 (or float16), got ", dtype);
-  TORCH_CHECK_VALUE(k_cache.scalar_type() == dtype, "k_cache must have q's dtype ", dtype,
-                    ", got ", k_cache.scalar_type());
+  const bool fp8_bytes = k_cache.scalar_type() == at::kFloat8_e4m3fn || k_cache.scalar_type() == at::kByte;
+  if (is_fp8_kvcache) {
+    TORCH_CHECK_VALUE(dtype == at::kBFloat16, "q must be bfloat16 with an FP8 k_cache, got ", dtype);
+    TORCH_CHECK_VALUE(fp8_bytes, "k_cache must be float8_e4m3fn (or uint8) 656-byte records when "
+                      "is_fp8_kvcache=True, got ", k_cache.scalar_type());
+  } else {
+    TORCH_CHECK_VALUE(k_cache.scalar_type() == dtype, "k_cache must have q's dtype ", dtype,
+                      ", got ", k_cache.scalar_type(),
+                      fp8_bytes ? " (an FP8 cache needs is_fp8_kvcache=True)" : "");
+  }
   TORCH_CHECK_VALUE(q.dim() == 4, "q must be 4-D [batch, seqlen_q, num_heads_q, head_dim], got shape ",
                     q.sizes());
   TORCH_CHECK_VALUE(k_cache.dim() == 4,
@@ -125,11 +133,18 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache_mla(
                     "got shape ", k_cache.sizes());
   TORCH_CHECK_VALUE(q.size(3) == flashmla::kHeadDim, "q head_dim (last dim) must be ",
                     flashmla::kHeadDim, ", got ", q.size(3));
-  TORCH_CHECK_VALUE(k_cache.size(3) == q.size(3), "k_cache head_dim (last dim) must be ",
-                    q.size(3), " like q, got ", k_cache.size(3));
-  TORCH_CHECK_VALUE(k_cache.size(1) == flashmla::kPageBlockSize,
-                    "k_cache page_block_size (dim 1) must be ", flashmla::kPageBlockSize,
-                    ", got ", k_cache.size(1));
+  if (is_fp8_kvcache) {
+    TORCH_CHECK_VALUE(k_cache.size(3) == flashmla::kFp8TokenBytes,
+                      "k_cache last dim must be ", flashmla::kFp8TokenBytes,
+                      " bytes (FP8 with scale) when is_fp8_kvcache=True, got ", k_cache.size(3));
+  } else {
+    TORCH_CHECK_VALUE(k_cache.size(3) == q.size(3), "k_cache head_dim (last dim) must be ",
+                      q.size(3), " like q, got ", k_cache.size(3));
+  }
+  TORCH_CHECK_VALUE(k_cache.size(1) <= flashmla::kMaxPageBlockSize &&
+                        flashmla::is_supported_page_block_size(static_cast<int>(k_cache.size(1))),
+                    "k_cache page_block_size (dim 1) must be a power of two from 1 to ",
+                    flashmla::kMaxPageBlockSize, ", got ", k_cache.size(1));
   TORCH_CHECK_VALUE(head_dim_v == flashmla::kHeadDimV, "head_dim_v must be ",
                     flashmla::kHeadDimV, ", got ", head_dim_v);
   TORCH_CHECK_VALUE(q.stride(3) == 1, "q must be contiguous in its last dim");
@@ -179,6 +194,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache_mla(
 
   flashmla::MlaDecodeParams p;
   p.dtype = dtype == at::kBFloat16 ? flashmla::DType::kBF16 : flashmla::DType::kFP16;
+  p.kv_format = is_fp8_kvcache ? flashmla::KvFormat::kFP8WithScale : flashmla::KvFormat::kSameAsQ;
   p.batch = b;
   p.seqlen_q = as_int(seqlen_q, "q seqlen_q");
   p.num_heads_q = as_int(h_q, "q num_heads_q");
@@ -220,6 +236,46 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache_mla(
   return {out, lse};
 }
 
+// FP8 cache conversion over the token records of a tensor [..., 576] bf16 <-> [..., 656]
+// float8_e4m3fn bytes. Leading dims are flattened (a copy only if they are not uniform).
+at::Tensor quantize_kv_fp8(const at::Tensor& kv) {
+  TORCH_CHECK_VALUE(kv.is_cuda(), "kv must be a CUDA tensor, got device ", kv.device());
+  TORCH_CHECK_VALUE(kv.scalar_type() == at::kBFloat16, "kv must be bfloat16, got ", kv.scalar_type());
+  TORCH_CHECK_VALUE(kv.dim() >= 1 && kv.size(-1) == flashmla::kHeadDim, "kv last dim must be ",
+                    flashmla::kHeadDim, ", got shape ", kv.sizes());
+  const c10::cuda::CUDAGuard guard(kv.device());
+  const at::Tensor rows = kv.reshape({-1, flashmla::kHeadDim});
+  auto out_shape = kv.sizes().vec();
+  out_shape.back() = flashmla::kFp8TokenBytes;
+  at::Tensor out = at::empty(out_shape, kv.options().dtype(at::kFloat8_e4m3fn));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(kv.device().index()).stream();
+  call_core([&] {
+    flashmla::quantize_kv_fp8(rows.data_ptr(), rows.stride(0), out.data_ptr(),
+                              flashmla::kFp8TokenBytes, rows.size(0), stream);
+  });
+  return out;
+}
+
+at::Tensor dequantize_kv_fp8(const at::Tensor& kv_fp8) {
+  TORCH_CHECK_VALUE(kv_fp8.is_cuda(), "kv_fp8 must be a CUDA tensor, got device ", kv_fp8.device());
+  TORCH_CHECK_VALUE(kv_fp8.scalar_type() == at::kFloat8_e4m3fn || kv_fp8.scalar_type() == at::kByte,
+                    "kv_fp8 must be float8_e4m3fn or uint8, got ", kv_fp8.scalar_type());
+  TORCH_CHECK_VALUE(kv_fp8.dim() >= 1 && kv_fp8.size(-1) == flashmla::kFp8TokenBytes,
+                    "kv_fp8 last dim must be ", flashmla::kFp8TokenBytes, ", got shape ",
+                    kv_fp8.sizes());
+  const c10::cuda::CUDAGuard guard(kv_fp8.device());
+  const at::Tensor rows = kv_fp8.reshape({-1, flashmla::kFp8TokenBytes});
+  auto out_shape = kv_fp8.sizes().vec();
+  out_shape.back() = flashmla::kHeadDim;
+  at::Tensor out = at::empty(out_shape, kv_fp8.options().dtype(at::kBFloat16));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(kv_fp8.device().index()).stream();
+  call_core([&] {
+    flashmla::dequantize_kv_fp8(rows.data_ptr(), rows.stride(0), out.data_ptr(),
+                                flashmla::kHeadDim, rows.size(0), stream);
+  });
+  return out;
+}
+
 // _C.num_sm_parts(num_sms, rows_per_kv_head, num_heads_kv): the core's own formula, for the
 // Python fake (meta) kernel of get_mla_metadata, so that the shapes torch.compile traces can
 // never disagree with the real op.
@@ -257,12 +313,16 @@ TORCH_LIBRARY(flash_mla, m) {
   m.def(
       "fwd_kvcache_mla(Tensor q, Tensor k_cache, Tensor block_table, Tensor cache_seqlens,"
       " int head_dim_v, Tensor tile_scheduler_metadata, Tensor num_splits,"
-      " float softmax_scale, bool causal) -> (Tensor, Tensor)");
+      " float softmax_scale, bool causal, bool is_fp8_kvcache=False) -> (Tensor, Tensor)");
+  m.def("quantize_kv_fp8(Tensor kv) -> Tensor");
+  m.def("dequantize_kv_fp8(Tensor kv_fp8) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(flash_mla, CUDA, m) {
   m.impl("get_mla_metadata", &get_mla_metadata);
   m.impl("fwd_kvcache_mla", &fwd_kvcache_mla);
+  m.impl("quantize_kv_fp8", &quantize_kv_fp8);
+  m.impl("dequantize_kv_fp8", &dequantize_kv_fp8);
 }
 
 // CPU inputs reach these only to be told, as a ValueError naming the argument, that they must

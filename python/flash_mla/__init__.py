@@ -18,7 +18,7 @@ import torch  # before _C: the extension links against libtorch and registers wi
 from . import _C  # noqa: F401  (import registers torch.ops.flash_mla.*)
 from . import _fake  # noqa: F401  (fake kernels, so torch.compile can trace the ops)
 
-__all__ = ["get_mla_metadata", "flash_mla_with_kvcache"]
+__all__ = ["get_mla_metadata", "flash_mla_with_kvcache", "quantize_kv_fp8", "dequantize_kv_fp8"]
 __version__ = "0.1.0"
 
 
@@ -54,18 +54,23 @@ def flash_mla_with_kvcache(
     num_splits: torch.Tensor,
     softmax_scale: Optional[float] = None,
     causal: bool = False,
+    is_fp8_kvcache: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """MLA decode attention over a paged KV cache.
 
     Args:
         q: bf16 or fp16 [batch, s_q, h_q, 576].
-        k_cache: q's dtype, [num_blocks, 64, h_kv, 576]; V is its first head_dim_v columns.
+        k_cache: q's dtype, [num_blocks, page_block_size, h_kv, 576] with page_block_size a power
+            of two from 1 to 256; V is its first head_dim_v columns. With is_fp8_kvcache=True:
+            float8_e4m3fn (or uint8) [num_blocks, page_block_size, h_kv, 656] records from
+            quantize_kv_fp8, and q must be bf16.
         block_table: int32 [batch, max_blocks_per_seq] page ids.
         cache_seqlens: int32 [batch].
         head_dim_v: 512.
         tile_scheduler_metadata, num_splits: from get_mla_metadata.
         softmax_scale: defaults to 1 / sqrt(576).
         causal: with s_q > 1, query i of a sequence of length L sees keys 0 .. L - s_q + i.
+        is_fp8_kvcache: k_cache holds FP8-with-scale records (dequantized to bf16 on the fly).
 
     Returns:
         out: q's dtype, [batch, s_q, h_q, head_dim_v]; lse: fp32 [batch, h_q, s_q], the natural-log
@@ -83,4 +88,24 @@ def flash_mla_with_kvcache(
         num_splits,
         softmax_scale,
         causal,
+        is_fp8_kvcache,
     )
+
+
+def quantize_kv_fp8(kv: torch.Tensor) -> torch.Tensor:
+    """bf16 KV cache [..., 576] -> FP8-with-scale records [..., 656] (float8_e4m3fn bytes).
+
+    Per token: bytes 0..511 are the 512 latent values as e4m3, each divided by its group's
+    scale; bytes 512..527 are 4 float32 scales, scale g = max |latent[128g : 128g+128]| / 448
+    (1 for an all-zero group); bytes 528..655 are the 64 RoPE values as bf16, unchanged.
+    FlashMLA's "FP8 with scale" dense format. Pass the result as k_cache with
+    is_fp8_kvcache=True. Runs on the GPU, asynchronously.
+    """
+    return torch.ops.flash_mla.quantize_kv_fp8(kv)
+
+
+def dequantize_kv_fp8(kv_fp8: torch.Tensor) -> torch.Tensor:
+    """FP8-with-scale records [..., 656] (float8_e4m3fn or uint8) -> bf16 [..., 576]:
+    latent = e4m3 * scale (rounded to bf16), RoPE as stored. Inverse of quantize_kv_fp8 up to
+    the e4m3 rounding."""
+    return torch.ops.flash_mla.dequantize_kv_fp8(kv_fp8)

@@ -40,8 +40,19 @@ def _fwd_kvcache_mla_fake(
     num_splits,
     softmax_scale,
     causal,
+    is_fp8_kvcache=False,
 ):
     batch, seqlen_q, num_heads_q, _ = q.shape
     out = q.new_empty((batch, seqlen_q, num_heads_q, head_dim_v))
     lse = q.new_empty((batch, num_heads_q, seqlen_q), dtype=torch.float32)
     return out, lse
+
+
+@_register_fake("flash_mla::quantize_kv_fp8")
+def _quantize_kv_fp8_fake(kv):
+    return kv.new_empty((*kv.shape[:-1], 656), dtype=torch.float8_e4m3fn)
+
+
+@_register_fake("flash_mla::dequantize_kv_fp8")
+def _dequantize_kv_fp8_fake(kv_fp8):
+    return kv_fp8.new_empty((*kv_fp8.shape[:-1], 576), dtype=torch.bfloat16)

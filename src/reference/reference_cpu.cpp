@@ -14,7 +14,6 @@ namespace {
 
 constexpr int kD = 576;
 constexpr int kDv = 512;
-constexpr int kPage = 64;
 
 void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument("mla_decode_cpu: " + what);
@@ -28,6 +27,9 @@ void mla_decode_cpu(const CpuProblem& p, const uint16_t* q, const uint16_t* k_ca
           "batch, seqlen_q, num_heads_q, num_heads_kv must be >= 1");
   require(p.num_heads_q % p.num_heads_kv == 0, "num_heads_q % num_heads_kv != 0");
   require(p.max_blocks_per_seq >= 1 && p.num_blocks >= 1, "empty block table or cache");
+  const int page_size = p.page_block_size;
+  require(page_size >= 1 && page_size <= 256 && (page_size & (page_size - 1)) == 0,
+          "page_block_size must be a power of two in [1, 256], got " + std::to_string(page_size));
   const int group = p.num_heads_q / p.num_heads_kv;
   const double scale = p.softmax_scale;
 
@@ -37,19 +39,20 @@ void mla_decode_cpu(const CpuProblem& p, const uint16_t* q, const uint16_t* k_ca
 
   for (int b = 0; b < p.batch; ++b) {
     const int L = seqlens[b];
-    require(L >= 0 && L <= p.max_blocks_per_seq * kPage,
+    require(L >= 0 && static_cast<int64_t>(L) <= static_cast<int64_t>(p.max_blocks_per_seq) * page_size,
             "seqlens[" + std::to_string(b) + "] = " + std::to_string(L) + " out of range");
     const int32_t* table = block_table + static_cast<int64_t>(b) * p.max_blocks_per_seq;
 
     for (int hk = 0; hk < p.num_heads_kv; ++hk) {
       keys.resize(static_cast<size_t>(L) * kD);
       for (int t = 0; t < L; ++t) {
-        const int page = table[t / kPage];
+        const int page = table[t / page_size];
         require(page >= 0 && page < p.num_blocks,
-                "block_table[" + std::to_string(b) + "][" + std::to_string(t / kPage) +
+                "block_table[" + std::to_string(b) + "][" + std::to_string(t / page_size) +
                     "] = " + std::to_string(page) + " out of range");
         const uint16_t* row =
-            k_cache + ((static_cast<int64_t>(page) * kPage + t % kPage) * p.num_heads_kv + hk) * kD;
+            k_cache +
+            ((static_cast<int64_t>(page) * page_size + t % page_size) * p.num_heads_kv + hk) * kD;
         for (int c = 0; c < kD; ++c) keys[static_cast<size_t>(t) * kD + c] = bf16_to_float(row[c]);
       }
 

@@ -9,6 +9,8 @@
 // results are merged through shared memory at the end.
 #include "element.cuh"
 
+#include <cuda_fp8.h>
+
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -54,6 +56,7 @@ __global__ void __launch_bounds__(kThreads) reference_kernel(const MlaDecodePara
 
   const auto* k_cache = static_cast<const T*>(p.k_cache);
   const int32_t* pages = p.block_table + b * p.block_table_batch_stride;
+  const bool fp8 = p.kv_format == KvFormat::kFP8WithScale;
 
   // Online softmax in the natural-log domain. m and l are warp-uniform (the score is
   // broadcast by the butterfly reduction), acc holds this lane's 16 V columns.
@@ -63,13 +66,31 @@ __global__ void __launch_bounds__(kThreads) reference_kernel(const MlaDecodePara
   for (int i = 0; i < kVPerLane; ++i) acc[i] = 0.f;
 
   for (int j = warp; j < limit; j += kWarps) {
-    // j < limit <= seqlen, so only block_table entries below ceil(seqlen / 64) and only valid
+    // j < limit <= seqlen, so only block_table entries below ceil(seqlen / page) and only valid
     // KV rows are ever read.
-    const int64_t page = pages[j / kPageBlockSize];
-    const T* kv = k_cache + page * p.k_block_stride +
-                              (j % kPageBlockSize) * p.k_row_stride + g * p.k_head_stride;
+    const int64_t page = pages[j / p.page_block_size];
+    const int64_t offset = page * p.k_block_stride + (j % p.page_block_size) * p.k_row_stride +
+                           g * p.k_head_stride;
     float x[kQkPerLane];
-    for (int i = 0; i < kQkPerLane; ++i) x[i] = ElementOps<T>::to_float(kv[lane + 32 * i]);
+    if (fp8) {
+      // Dequantized in fp32 (never rounded to 16 bits): the oracle of the FP8 format itself.
+      const auto* rec = static_cast<const uint8_t*>(p.k_cache) + offset;
+      const auto* scales = reinterpret_cast<const float*>(rec + kHeadDimV);
+      const auto* rope = reinterpret_cast<const __nv_bfloat16*>(rec + kHeadDimV + 16);
+      for (int i = 0; i < kQkPerLane; ++i) {
+        const int d = lane + 32 * i;
+        if (d < kHeadDimV) {
+          __nv_fp8_e4m3 e;
+          e.__x = rec[d];
+          x[i] = static_cast<float>(e) * scales[d / kFp8ScaleGroup];
+        } else {
+          x[i] = __bfloat162float(rope[d - kHeadDimV]);
+        }
+      }
+    } else {
+      const T* kv = k_cache + offset;
+      for (int i = 0; i < kQkPerLane; ++i) x[i] = ElementOps<T>::to_float(kv[lane + 32 * i]);
+    }
     float dot = 0.f;
     for (int i = 0; i < kQkPerLane; ++i) dot = fmaf(s_q[lane + 32 * i], x[i], dot);
     const float score = warp_sum(dot) * p.softmax_scale;

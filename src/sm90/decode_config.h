@@ -45,6 +45,7 @@ struct alignas(1024) SharedStorage {
   float row_sum[2][kBlockM];
   uint64_t full[kStages];   // TMA bytes of a stage landed
   uint64_t empty[kStages];  // both math warpgroups finished reading a stage
+  uint64_t staged[kStages];  // FP8: a stage's raw records landed, ready to expand
 };
 
 // +1024: the dynamic shared-memory base is only guaranteed 16-byte aligned; the kernel

@@ -35,30 +35,60 @@ inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return fn;
 }
 
-// The KV cache as a 4-D tensor (d, row in page, kv head, page) so one TMA box is one 64x64
-// sub-tile of a page for one kv head, whatever the page/row/head strides are.
-template <typename T>
-CUtensorMap make_kv_map(const MlaDecodeParams& p) {
+// A 4-D view (d, row in page, kv head, page) of the cache starting `offset_bytes` into each
+// record, `width` elements wide, so one TMA box is `box_cols` x min(page, 64) rows of a page
+// for one kv head, whatever the page/row/head strides are.
+inline CUtensorMap make_map(const MlaDecodeParams& p, CUtensorMapDataType type, int offset_bytes,
+                            int width, int box_cols, CUtensorMapSwizzle swizzle,
+                            const char* what) {
   CUtensorMap map{};
-  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(p.head_dim),
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(width),
                               static_cast<cuuint64_t>(p.page_block_size),
                               static_cast<cuuint64_t>(p.num_heads_kv),
                               static_cast<cuuint64_t>(p.num_blocks)};
-  const cuuint64_t strides[3] = {static_cast<cuuint64_t>(p.k_row_stride) * 2,
-                                 static_cast<cuuint64_t>(p.k_head_stride) * 2,
-                                 static_cast<cuuint64_t>(p.k_block_stride) * 2};
-  const cuuint32_t box[4] = {sm90::kSubCols, sm90::kBlockN, 1, 1};
+  // Strides of 16-bit caches are in elements, of FP8 records in bytes.
+  const int64_t unit = p.kv_format == KvFormat::kFP8WithScale ? 1 : 2;
+  const cuuint64_t strides[3] = {static_cast<cuuint64_t>(p.k_row_stride * unit),
+                                 static_cast<cuuint64_t>(p.k_head_stride * unit),
+                                 static_cast<cuuint64_t>(p.k_block_stride * unit)};
+  // A page smaller than a tile is one box per page (the kernel issues 64/page of them).
+  const cuuint32_t box_rows = p.page_block_size < sm90::kBlockN ? p.page_block_size : sm90::kBlockN;
+  const cuuint32_t box[4] = {static_cast<cuuint32_t>(box_cols), box_rows, 1, 1};
   const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
-  const CUresult r = tensor_map_encoder()(
-      &map,
-      std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<void*>(p.k_cache), dims, strides, box,
-      elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  void* base = const_cast<char*>(static_cast<const char*>(p.k_cache) + offset_bytes);
+  const CUresult r = tensor_map_encoder()(&map, type, 4, base, dims, strides, box, elem_strides,
+                                          CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
+                                          CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) {
-    throw Error("k_cache: cannot describe it to TMA (cuTensorMapEncodeTiled error " +
-                std::to_string(static_cast<int>(r)) + "); strides must be multiples of 8 elements");
+    throw Error(std::string("k_cache: cannot describe its ") + what +
+                " to TMA (cuTensorMapEncodeTiled error " + std::to_string(static_cast<int>(r)) +
+                "); strides must be multiples of 16 bytes");
   }
   return map;
+}
+
+// TMA producers only: 16-bit caches with pages of >= 16 tokens (one map), FP8 caches with
+// pages of >= 16 tokens (latent bytes, scales, RoPE). The gather producers read no map.
+template <typename T>
+sm90::KvMaps make_kv_maps(const MlaDecodeParams& p) {
+  sm90::KvMaps maps{};
+  if (p.page_block_size < sm90::kMinTmaPage) return maps;
+  if (p.kv_format == KvFormat::kFP8WithScale) {
+    maps.kv = make_map(p, CU_TENSOR_MAP_DATA_TYPE_UINT8, 0, kHeadDimV, 128,
+                       CU_TENSOR_MAP_SWIZZLE_NONE, "FP8 latent bytes");
+    maps.fp8_scale = make_map(p, CU_TENSOR_MAP_DATA_TYPE_UINT8, kHeadDimV, 16, 16,
+                              CU_TENSOR_MAP_SWIZZLE_NONE, "FP8 scales");
+    maps.fp8_rope = make_map(p, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, kHeadDimV + 16,
+                             kHeadDim - kHeadDimV, sm90::kSubCols, CU_TENSOR_MAP_SWIZZLE_128B,
+                             "FP8 RoPE part");
+  } else {
+    maps.kv = make_map(p,
+                       std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                                 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                       0, kHeadDim, sm90::kSubCols, CU_TENSOR_MAP_SWIZZLE_128B, "rows");
+  }
+  return maps;
 }
 
 }  // namespace decode_launch
@@ -71,10 +101,10 @@ void launch_decode(const MlaDecodeParams& p, cudaStream_t stream) {
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, sm90::kSmemBytes),
                "cudaFuncSetAttribute(mla_decode_kernel)");
   });
-  const CUtensorMap map = decode_launch::make_kv_map<T>(p);
+  const sm90::KvMaps maps = decode_launch::make_kv_maps<T>(p);
   const int rows = p.seqlen_q * (p.num_heads_q / p.num_heads_kv);
   const dim3 grid(p.num_sm_parts, p.num_heads_kv, (rows + sm90::kBlockM - 1) / sm90::kBlockM);
-  sm90::mla_decode_kernel<T><<<grid, sm90::kThreads, sm90::kSmemBytes, stream>>>(p, map);
+  sm90::mla_decode_kernel<T><<<grid, sm90::kThreads, sm90::kSmemBytes, stream>>>(p, maps);
   check_cuda(cudaGetLastError(), "mla_decode_kernel launch");
 }
 

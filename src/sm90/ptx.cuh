@@ -1,5 +1,5 @@
 // Thin wrappers over the sm_90a instructions the decode kernel uses: mbarrier, TMA
-// (cp.async.bulk.tensor), wgmma and named barriers. Inline functions, one instruction each,
+// (cp.async.bulk.tensor), cp.async, wgmma and named barriers. Inline functions, one instruction each,
 // so the kernel reads as the algorithm and the SASS maps back to it line by line.
 #pragma once
 
@@ -34,6 +34,18 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
       "@!done bra WAIT_%=;\n}\n" ::"r"(smem_addr(bar)),
       "r"(parity));
 }
+// Non-blocking: has the phase with this parity completed?
+__device__ __forceinline__ bool mbar_test(uint64_t* bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n.reg .pred p;\n"
+      "mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(done)
+      : "r"(smem_addr(bar)), "r"(parity)
+      : "memory");
+  return done != 0;
+}
 // Makes mbarrier.init visible to the async proxy (TMA) before the first copy completes on it.
 __device__ __forceinline__ void fence_barrier_init() {
   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
@@ -51,6 +63,23 @@ __device__ __forceinline__ void tma_load_4d(void* dst, const CUtensorMap* map, u
       "r"(c3)
       : "memory");
 }
+// ---- cp.async (page sizes too small for TMA boxes) ----------------------------------------
+// 16 bytes global -> shared, bypassing L1 (each KV byte is read once).
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(src)
+               : "memory");
+}
+// Arrives on `bar` once every cp.async this thread issued so far has landed. .noinc: the
+// arrival counts against the barrier's expected count, so the thread does no arrive of its own.
+__device__ __forceinline__ void cp_async_mbar_arrive(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(smem_addr(bar))
+               : "memory");
+}
+
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_all;" ::: "memory");
+}
+
 __device__ __forceinline__ void tma_prefetch_descriptor(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
 }

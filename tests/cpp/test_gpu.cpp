@@ -1,7 +1,7 @@
 // End-to-end GPU tests: get_mla_metadata + mla_decode against the CPU oracle (small shapes)
-// and the GPU reference (large shapes), GPU metadata against the host planner, and graph
-// capture with seqlens changing between replays. Without an sm_90 device every test skips
-// with the reason.
+// and the GPU reference (large shapes and the FP8 KV cache), GPU metadata against the host
+// planner, and graph capture with seqlens changing between replays. Without an sm_90 device
+// every test skips with the reason.
 //
 // Inputs are hostile on purpose: page tables are shuffled, unused table entries are huge
 // ids, every KV slot no live token owns (spare pages, page tails, stride padding) is NaN, and
@@ -34,7 +34,7 @@ using flashmla::reference::bf16_to_float;
 using flashmla::reference::float_to_bf16;
 using flashmla::reference::kBF16QuietNaN;
 
-constexpr int kD = 576, kDv = 512, kPage = 64;
+constexpr int kD = 576, kDv = 512;
 constexpr int32_t kUnusedPage = 0x7fffffff;
 
 void ck(cudaError_t err, const char* what) {
@@ -118,6 +118,7 @@ struct Shape {
   unsigned seed = 1;
   float scale = 1.f / std::sqrt(576.f);
   bool padded = false;  // non-dense strides for q, k_cache and out
+  int page = 64;        // tokens per KV-cache page (page_block_size)
 };
 
 // Host data of one problem: dense copies for the CPU oracle plus the device-layout images.
@@ -126,17 +127,18 @@ struct Problem {
   flashmla::reference::CpuProblem cpu;
   int64_t qh, qs, qb, kh, kr, kb, oh, os, ob;  // element strides of the device layouts
   std::vector<int32_t> table;                   // [b, max_blocks]
-  std::vector<uint16_t> q, k;                   // dense: [b,s_q,h_q,576], [blocks,64,h_kv,576]
+  std::vector<uint16_t> q, k;                   // dense: [b,s_q,h_q,576], [blocks,page,h_kv,576]
   std::vector<uint16_t> q_dev, k_dev;           // strided images with NaN padding
 
   explicit Problem(const Shape& shape) : sh(shape) {
     if (static_cast<int>(sh.seqlens.size()) != sh.b) throw std::runtime_error("seqlens size != b");
     std::mt19937 rng(sh.seed);
     std::normal_distribution<float> normal(0.f, 1.f);
+    const int page = sh.page;
     int max_len = 0, live_pages = 0;
     for (int L : sh.seqlens) {
       max_len = std::max(max_len, L);
-      live_pages += (L + kPage - 1) / kPage;
+      live_pages += (L + page - 1) / page;
     }
     cpu.batch = sh.b;
     cpu.seqlen_q = sh.s_q;
@@ -144,7 +146,8 @@ struct Problem {
     cpu.num_heads_kv = sh.h_kv;
     cpu.causal = sh.causal;
     cpu.softmax_scale = sh.scale;
-    cpu.max_blocks_per_seq = (max_len + kPage - 1) / kPage + 1;  // a column nobody uses
+    cpu.page_block_size = page;
+    cpu.max_blocks_per_seq = (max_len + page - 1) / page + 1;    // a column nobody uses
     cpu.num_blocks = live_pages + 3;                              // pages nobody owns
 
     const int pad = sh.padded ? 64 : 0;
@@ -153,7 +156,7 @@ struct Problem {
     qb = sh.s_q * qs + pad;
     kh = kD + pad;
     kr = sh.h_kv * kh + (sh.padded ? 8 : 0);
-    kb = kPage * kr + 2 * pad;
+    kb = page * kr + 2 * pad;
     oh = kDv + pad;
     os = sh.h_q * oh;
     ob = sh.s_q * os + pad;
@@ -162,13 +165,13 @@ struct Problem {
     std::iota(pages.begin(), pages.end(), 0);
     std::shuffle(pages.begin(), pages.end(), rng);
     table.assign(static_cast<size_t>(sh.b) * cpu.max_blocks_per_seq, kUnusedPage);
-    k.assign(static_cast<size_t>(cpu.num_blocks) * kPage * sh.h_kv * kD, kBF16QuietNaN);
+    k.assign(static_cast<size_t>(cpu.num_blocks) * page * sh.h_kv * kD, kBF16QuietNaN);
     int next = 0;
     for (int b = 0; b < sh.b; ++b)
       for (int t = 0; t < sh.seqlens[b]; ++t) {
-        int32_t& entry = table[static_cast<size_t>(b) * cpu.max_blocks_per_seq + t / kPage];
-        if (t % kPage == 0) entry = pages[next++];
-        uint16_t* row = &k[(static_cast<size_t>(entry) * kPage + t % kPage) * sh.h_kv * kD];
+        int32_t& entry = table[static_cast<size_t>(b) * cpu.max_blocks_per_seq + t / page];
+        if (t % page == 0) entry = pages[next++];
+        uint16_t* row = &k[(static_cast<size_t>(entry) * page + t % page) * sh.h_kv * kD];
         for (int c = 0; c < sh.h_kv * kD; ++c) row[c] = float_to_bf16(normal(rng));
       }
     q.resize(static_cast<size_t>(sh.b) * sh.s_q * sh.h_q * kD);
@@ -182,9 +185,9 @@ struct Problem {
                       &q_dev[b * qb + s * qs + h * qh]);
     k_dev.assign(static_cast<size_t>(cpu.num_blocks) * kb, kBF16QuietNaN);
     for (int p = 0; p < cpu.num_blocks; ++p)
-      for (int r = 0; r < kPage; ++r)
+      for (int r = 0; r < page; ++r)
         for (int h = 0; h < sh.h_kv; ++h)
-          std::copy_n(&k[((static_cast<size_t>(p) * kPage + r) * sh.h_kv + h) * kD], kD,
+          std::copy_n(&k[((static_cast<size_t>(p) * page + r) * sh.h_kv + h) * kD], kD,
                       &k_dev[p * kb + r * kr + h * kh]);
   }
 
@@ -227,6 +230,7 @@ struct DeviceProblem {
     p.seqlen_q = h.sh.s_q;
     p.num_heads_q = h.sh.h_q;
     p.num_heads_kv = h.sh.h_kv;
+    p.page_block_size = h.sh.page;
     p.num_blocks = h.cpu.num_blocks;
     p.max_blocks_per_seq = h.cpu.max_blocks_per_seq;
     p.softmax_scale = h.sh.scale;
@@ -303,9 +307,10 @@ void run_decode(DeviceProblem& d, Schedule& sch, const Problem& h, cudaStream_t 
   ck(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
 }
 
-// ||got - ref|| / ||ref|| < 1e-2 over out; lse within 1e-3 * max(1, |lse|); +inf exactly
+// ||got - ref|| / ||ref|| < 1e-2 over out; lse within lse_tol * max(1, |lse|); +inf exactly
 // where the reference has it (with an all-zero output row); no NaN anywhere.
-void expect_close(const Result& ref, const Result& got, const Shape& sh, const std::string& label) {
+void expect_close(const Result& ref, const Result& got, const Shape& sh, const std::string& label,
+                  double lse_tol = 1e-3) {
   SCOPED_TRACE(label);
   ASSERT_EQ(ref.out.size(), got.out.size());
   ASSERT_EQ(ref.lse.size(), got.lse.size());
@@ -333,7 +338,7 @@ void expect_close(const Result& ref, const Result& got, const Shape& sh, const s
       for (int s = 0; s < sh.s_q; ++s) {
         const size_t i = (static_cast<size_t>(b) * sh.h_q + h) * sh.s_q + s;
         const float r = ref.lse[i], g = got.lse[i];
-        const bool ok = std::isinf(r) ? (g == r) : (std::isfinite(g) && std::fabs(g - r) < 1e-3 * std::max(1.f, std::fabs(r)));
+        const bool ok = std::isinf(r) ? (g == r) : (std::isfinite(g) && std::fabs(g - r) < lse_tol * std::max(1.f, std::fabs(r)));
         if (!ok && ++bad_lse <= 10)
           ADD_FAILURE() << "lse[b=" << b << ",h=" << h << ",s=" << s << "] = " << g << ", expected " << r;
         if (std::isinf(r)) {
@@ -350,7 +355,7 @@ void expect_close(const Result& ref, const Result& got, const Shape& sh, const s
 
 std::string describe(const Shape& s, int parts) {
   std::string d = "b=" + std::to_string(s.b) + " s_q=" + std::to_string(s.s_q) + " h_q=" +
-                  std::to_string(s.h_q) + " h_kv=" + std::to_string(s.h_kv) +
+                  std::to_string(s.h_q) + " h_kv=" + std::to_string(s.h_kv) + " page=" + std::to_string(s.page) +
                   (s.causal ? " causal" : "") + (s.padded ? " padded" : "") + " parts=" +
                   std::to_string(parts) + " seqlens=[";
   for (size_t i = 0; i < s.seqlens.size() && i < 16; ++i) d += (i ? "," : "") + std::to_string(s.seqlens[i]);
@@ -437,6 +442,94 @@ INSTANTIATE_TEST_SUITE_P(Shapes, GpuMatrix, ::testing::ValuesIn(matrix_cases()),
                                   std::to_string(c.h_kv) + (c.causal ? "_causal" : "_full");
                          });
 
+// --- named cases: page sizes, more query tokens, head counts ----------------------------------
+
+struct NamedShape {
+  std::string name;  // the test name suffix
+  Shape shape;
+};
+
+void PrintTo(const NamedShape& c, std::ostream* os) { *os << c.name; }
+
+class GpuCase : public GpuTest, public ::testing::WithParamInterface<NamedShape> {};
+
+TEST_P(GpuCase, MatchesCpu) { check_against_cpu(GetParam().shape); }
+
+std::string case_name(const ::testing::TestParamInfo<NamedShape>& info) { return info.param.name; }
+
+// Every page size the kernels accept, with lengths at page and 64-token tile boundaries: below
+// 64 one tile gathers several scattered pages, above 64 one page holds several tiles.
+std::vector<NamedShape> page_cases() {
+  std::vector<NamedShape> v;
+  unsigned seed = 6000;
+  for (int page : {1, 2, 16, 32, 64, 128, 256})
+    for (bool mtp : {true, false}) {
+      Shape sh;
+      sh.seed = ++seed;
+      sh.page = page;
+      sh.s_q = mtp ? 2 : 1;
+      sh.h_q = mtp ? 64 : 16;
+      sh.causal = mtp;
+      sh.seqlens = {0, 1, page - 1, page, page + 1, 63, 64, 65, 1000, 3000};
+      std::mt19937 rng(sh.seed);
+      std::shuffle(sh.seqlens.begin(), sh.seqlens.end(), rng);
+      sh.b = static_cast<int>(sh.seqlens.size());
+      v.push_back({"Page" + std::to_string(page) + (mtp ? "_SQ2_H64_Causal" : "_SQ1_H16"), sh});
+    }
+  return v;
+}
+
+// More query tokens per sequence (MTP / speculative decoding), up to 2048 query rows per kv
+// head. Causal lengths below s_q leave the first queries without any key. Lengths stay short
+// for h_q = 128 so that the CPU reference stays fast.
+std::vector<NamedShape> multi_token_cases() {
+  std::vector<NamedShape> v;
+  unsigned seed = 6100;
+  for (int s_q : {3, 8, 16})
+    for (int h_q : {16, 128})
+      for (bool causal : {false, true}) {
+        Shape sh;
+        sh.seed = ++seed;
+        sh.s_q = s_q;
+        sh.h_q = h_q;
+        sh.causal = causal;
+        sh.seqlens = {0, 1, s_q - 1, s_q, 65, h_q == 128 ? 700 : 2000};
+        std::mt19937 rng(sh.seed);
+        std::shuffle(sh.seqlens.begin(), sh.seqlens.end(), rng);
+        sh.b = static_cast<int>(sh.seqlens.size());
+        v.push_back({"SQ" + std::to_string(s_q) + "_H" + std::to_string(h_q) + (causal ? "_Causal" : ""), sh});
+      }
+  return v;
+}
+
+// Few heads: a 64-row tile mostly empty (h_q = 1), and a group count that is not a power of two.
+std::vector<NamedShape> head_cases() {
+  struct Heads {
+    int h_q, h_kv;
+  };
+  std::vector<NamedShape> v;
+  unsigned seed = 6200;
+  for (Heads hd : {Heads{1, 1}, Heads{2, 1}, Heads{8, 1}, Heads{24, 1}, Heads{8, 2}})
+    for (bool mtp : {false, true}) {
+      Shape sh;
+      sh.seed = ++seed;
+      sh.h_q = hd.h_q;
+      sh.h_kv = hd.h_kv;
+      sh.s_q = mtp ? 2 : 1;
+      sh.causal = mtp;
+      std::mt19937 rng(sh.seed);
+      sh.b = 8;
+      sh.seqlens = varlen(rng, sh.b, 2000);
+      v.push_back({"H" + std::to_string(hd.h_q) + "_KV" + std::to_string(hd.h_kv) + (mtp ? "_SQ2_Causal" : "_SQ1"),
+                   sh});
+    }
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(PageSizes, GpuCase, ::testing::ValuesIn(page_cases()), case_name);
+INSTANTIATE_TEST_SUITE_P(MultiToken, GpuCase, ::testing::ValuesIn(multi_token_cases()), case_name);
+INSTANTIATE_TEST_SUITE_P(Heads, GpuCase, ::testing::ValuesIn(head_cases()), case_name);
+
 // --- special batches ------------------------------------------------------------------------
 
 TEST_F(GpuTest, SingleSequence) {
@@ -506,6 +599,23 @@ TEST_F(GpuTest, PaddedStrides) {
   }
 }
 
+// Padded k_cache rows and blocks with pages other than 64: k_block_stride is then not
+// page * k_row_stride.
+TEST_F(GpuTest, PaddedStridesOtherPageSizes) {
+  for (int page : {1, 16, 128, 256}) {
+    Shape sh;
+    sh.seed = 2600 + page;
+    sh.b = 3;
+    sh.h_q = 16;
+    sh.s_q = 2;
+    sh.causal = true;
+    sh.padded = true;
+    sh.page = page;
+    sh.seqlens = {700, 0, 129};
+    check_against_cpu(sh);
+  }
+}
+
 // --- large shapes against the GPU reference --------------------------------------------------
 
 TEST_F(GpuTest, LargeBatchMatchesGpuReference) {
@@ -562,6 +672,202 @@ TEST_F(GpuTest, GpuReferenceMatchesCpu) {
   ck(cudaGetLastError(), "reference launch");
   ck(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   expect_close(ref, fetch(h, d), sh, "GPU reference vs CPU");
+}
+
+// --- FP8 KV cache (KvFormat::kFP8WithScale) against the GPU reference --------------------------
+//
+// The cache is a Problem's bf16 cache (NaN in every slot no live token owns) quantized on the
+// GPU by flashmla::quantize_kv_fp8 into 656-byte records (padded to 672 bytes for padded
+// shapes); then every record that holds no live token, and all padding, is set to 0xFF bytes:
+// NaN as an e4m3 value, as a float32 scale and as a bf16 RoPE value.
+//
+// Two oracles, both mla_decode_reference_gpu: on the FP8 cache itself (dequantized in fp32,
+// never rounded to bf16: the format's own values) and on flashmla::dequantize_kv_fp8 of it,
+// i.e. the bf16 values the decode kernel's MMAs read. Against the latter every tolerance of the
+// bf16 tests applies. Against the former out still must be within 1e-2, but lse only within
+// kFp8ExactLseTol: rounding K to bf16 moves a score by up to 2^-8 * softmax_scale *
+// sum_d |q_d k_d|, for unit-normal data ~1.5e-3 (std) and up to ~8e-3 (the largest of 5M
+// samples), which for a sequence of one key is the whole lse error.
+
+constexpr int64_t kFp8PaddedRecordBytes = flashmla::kFp8TokenBytes + 16;
+constexpr double kFp8ExactLseTol = 2e-2;
+
+struct Fp8Cache {
+  DeviceBuffer<uint8_t> records;
+  int64_t record_stride = 0, head_stride = 0, row_stride = 0, block_stride = 0;  // bytes
+  int64_t n_tokens = 0;  // records: num_blocks * page * h_kv
+};
+
+// One flag per (page, row) slot: 1 where a token of some sequence lives.
+std::vector<char> live_slots(const Problem& h) {
+  const int page = h.sh.page;
+  std::vector<char> live(static_cast<size_t>(h.cpu.num_blocks) * page, 0);
+  for (int b = 0; b < h.sh.b; ++b)
+    for (int t = 0; t < h.sh.seqlens[b]; ++t) {
+      const int32_t id = h.table[static_cast<size_t>(b) * h.cpu.max_blocks_per_seq + t / page];
+      live[static_cast<size_t>(id) * page + t % page] = 1;
+    }
+  return live;
+}
+
+Fp8Cache make_fp8_cache(const Problem& h, int64_t record_stride, cudaStream_t stream) {
+  const int page = h.sh.page, h_kv = h.sh.h_kv;
+  Fp8Cache f;
+  f.n_tokens = static_cast<int64_t>(h.cpu.num_blocks) * page * h_kv;
+  f.record_stride = record_stride;
+  f.head_stride = record_stride;
+  f.row_stride = h_kv * record_stride;
+  f.block_stride = page * f.row_stride;
+  DeviceBuffer<uint16_t> src(h.k.size());  // dense bf16 [num_blocks, page, h_kv, 576]
+  src.upload(h.k);
+  f.records = DeviceBuffer<uint8_t>(static_cast<size_t>(f.n_tokens * record_stride));
+  f.records.poison(stream);  // padding between records stays 0xFF
+  flashmla::quantize_kv_fp8(src.get(), kD, f.records.get(), record_stride, f.n_tokens, stream);
+  ck(cudaGetLastError(), "quantize_kv_fp8 launch");
+  ck(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  std::vector<uint8_t> bytes = f.records.download();
+  const std::vector<char> live = live_slots(h);
+  for (size_t slot = 0; slot < live.size(); ++slot)
+    if (!live[slot]) std::fill_n(bytes.begin() + slot * f.row_stride, f.row_stride, uint8_t{0xFF});
+  f.records.upload(bytes);
+  return f;
+}
+
+void use_fp8_cache(flashmla::MlaDecodeParams& p, const Fp8Cache& f) {
+  p.kv_format = flashmla::KvFormat::kFP8WithScale;
+  p.k_cache = f.records.get();
+  p.k_head_stride = f.head_stride;
+  p.k_row_stride = f.row_stride;
+  p.k_block_stride = f.block_stride;
+}
+
+// Runs the GPU reference with p (its out / lse are d's buffers) and fetches the result.
+Result gpu_reference(DeviceProblem& d, const Problem& h, const flashmla::MlaDecodeParams& p,
+                     cudaStream_t stream) {
+  d.out.poison(stream);
+  d.lse.poison(stream);
+  flashmla::mla_decode_reference_gpu(p, stream);
+  ck(cudaGetLastError(), "reference launch");
+  ck(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  return fetch(h, d);
+}
+
+void check_fp8_against_gpu_reference(const Shape& sh) {
+  const Problem h(sh);
+  DeviceProblem d(h);
+  cudaStream_t stream;
+  ck(cudaStreamCreate(&stream), "cudaStreamCreate");
+  const Fp8Cache f = make_fp8_cache(h, sh.padded ? kFp8PaddedRecordBytes : flashmla::kFp8TokenBytes, stream);
+
+  // The bf16 cache the kernel computes with: dequantize_kv_fp8 of the records (dense rows).
+  DeviceBuffer<uint16_t> rounded_kv(static_cast<size_t>(f.n_tokens) * kD);
+  flashmla::dequantize_kv_fp8(f.records.get(), f.record_stride, rounded_kv.get(), kD, f.n_tokens, stream);
+  ck(cudaGetLastError(), "dequantize_kv_fp8 launch");
+  flashmla::MlaDecodeParams rounded_p = d.p;
+  rounded_p.kv_format = flashmla::KvFormat::kSameAsQ;
+  rounded_p.k_cache = rounded_kv.get();
+  rounded_p.k_head_stride = kD;
+  rounded_p.k_row_stride = static_cast<int64_t>(sh.h_kv) * kD;
+  rounded_p.k_block_stride = static_cast<int64_t>(sh.page) * rounded_p.k_row_stride;
+
+  use_fp8_cache(d.p, f);
+  const Result exact = gpu_reference(d, h, d.p, stream);
+  const Result rounded = gpu_reference(d, h, rounded_p, stream);
+  // The oracles must themselves be sane before they judge anything.
+  for (float x : exact.out) ASSERT_FALSE(std::isnan(x)) << "NaN in the GPU reference on the FP8 cache";
+  for (float x : rounded.out) ASSERT_FALSE(std::isnan(x)) << "NaN in the GPU reference on the bf16-rounded cache";
+
+  const int natural = flashmla::num_sm_parts(device_sms(), h.rows(), sh.h_kv);
+  for (int parts : {natural, 1, 7}) {
+    Schedule sch(h, parts);
+    run_decode(d, sch, h, stream);
+    const Result got = fetch(h, d);
+    const std::string label = "FP8 " + describe(sh, parts);
+    expect_close(rounded, got, sh, label + " vs reference on the bf16-rounded cache");
+    expect_close(exact, got, sh, label + " vs reference on the FP8 cache", kFp8ExactLseTol);
+  }
+  ck(cudaStreamDestroy(stream), "cudaStreamDestroy");
+}
+
+class GpuFp8Case : public GpuTest, public ::testing::WithParamInterface<NamedShape> {};
+
+TEST_P(GpuFp8Case, MatchesGpuReference) { check_fp8_against_gpu_reference(GetParam().shape); }
+
+// Page sizes 1 (cp.async gather), 16 (several TMA-sized pages per tile), 64, 256 (several
+// tiles per page) x h_q 16 / 128 x s_q 1 / 2, causal; lengths at page and tile boundaries.
+// Then two kv heads with padded records (672-byte stride) and padded q / out.
+std::vector<NamedShape> fp8_cases() {
+  std::vector<NamedShape> v;
+  unsigned seed = 7000;
+  for (int page : {1, 16, 64, 256})
+    for (int h_q : {16, 128})
+      for (int s_q : {1, 2}) {
+        Shape sh;
+        sh.seed = ++seed;
+        sh.page = page;
+        sh.h_q = h_q;
+        sh.s_q = s_q;
+        sh.causal = true;
+        sh.seqlens = {0, 1, 63, 64, 65, page - 1, page, page + 1, 1000, 3000};
+        std::mt19937 rng(sh.seed);
+        std::shuffle(sh.seqlens.begin(), sh.seqlens.end(), rng);
+        sh.b = static_cast<int>(sh.seqlens.size());
+        v.push_back({"Page" + std::to_string(page) + "_H" + std::to_string(h_q) + "_SQ" + std::to_string(s_q), sh});
+      }
+  Shape sh;
+  sh.seed = 7100;
+  sh.page = 64;
+  sh.h_q = 32;
+  sh.h_kv = 2;
+  sh.s_q = 2;
+  sh.causal = true;
+  sh.padded = true;
+  sh.seqlens = {700, 0, 129, 1, 64};
+  sh.b = static_cast<int>(sh.seqlens.size());
+  v.push_back({"Page64_H32_KV2_SQ2_PaddedRecords", sh});
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(Fp8, GpuFp8Case, ::testing::ValuesIn(fp8_cases()), case_name);
+
+// validate() with an FP8 cache: q / out must be bf16, and every k_cache stride a whole number
+// of 16 bytes (8 bytes would do for a 16-bit cache).
+TEST_F(GpuTest, Fp8ValidationNamesTheArgument) {
+  Shape sh;
+  sh.seed = 7200;
+  sh.b = 2;
+  sh.h_q = 16;
+  sh.seqlens = {100, 5};
+  const Problem h(sh);
+  DeviceProblem d(h);
+  cudaStream_t stream;
+  ck(cudaStreamCreate(&stream), "cudaStreamCreate");
+  const Fp8Cache f = make_fp8_cache(h, flashmla::kFp8TokenBytes, stream);
+  Schedule sch(h, 1);
+  sch.attach(d.p);
+  use_fp8_cache(d.p, f);
+  std::string why;
+  ASSERT_TRUE(flashmla::can_implement(d.p, &why)) << why;
+
+  auto expect_rejected = [](const flashmla::MlaDecodeParams& p, const std::string& needle) {
+    SCOPED_TRACE("expecting a rejection naming " + needle);
+    try {
+      flashmla::validate(p);
+      ADD_FAILURE() << "validate accepted it";
+    } catch (const flashmla::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+    std::string reason;
+    EXPECT_FALSE(flashmla::can_implement(p, &reason));
+  };
+  flashmla::MlaDecodeParams fp16 = d.p;
+  fp16.dtype = flashmla::DType::kFP16;
+  expect_rejected(fp16, "dtype");
+  flashmla::MlaDecodeParams row = d.p;
+  row.k_row_stride = flashmla::kFp8TokenBytes + 8;  // a multiple of 8, not of 16
+  row.k_block_stride = sh.page * row.k_row_stride;
+  expect_rejected(row, "k_row_stride");
+  ck(cudaStreamDestroy(stream), "cudaStreamDestroy");
 }
 
 // --- metadata ---------------------------------------------------------------------------------

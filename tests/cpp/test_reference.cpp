@@ -1,5 +1,6 @@
-// Sanity of the CPU oracle itself: closed-form cases, causal visibility, and agreement with
-// an independent naive formula (one key at a time, no max subtraction, no K caching).
+// Sanity of the CPU oracle itself: closed-form cases, causal visibility, agreement with an
+// independent naive formula (one key at a time, no max subtraction, no K caching), and
+// independence of the KV page size.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -7,6 +8,7 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "reference/bf16.h"
@@ -19,7 +21,7 @@ using flashmla::reference::CpuProblem;
 using flashmla::reference::float_to_bf16;
 using flashmla::reference::mla_decode_cpu;
 
-constexpr int kD = 576, kDv = 512, kPage = 64;
+constexpr int kD = 576, kDv = 512;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // Dense host problem with an identity-free page table: sequence b uses pages in a shuffled
@@ -31,9 +33,10 @@ struct HostProblem {
   std::vector<float> out, lse;
 
   HostProblem(int batch, int s_q, int h_q, int h_kv, std::vector<int32_t> lens, bool causal,
-              unsigned seed)
+              unsigned seed, int page = 64)
       : seqlens(std::move(lens)) {
     p.batch = batch;
+    p.page_block_size = page;
     p.seqlen_q = s_q;
     p.num_heads_q = h_q;
     p.num_heads_kv = h_kv;
@@ -41,7 +44,7 @@ struct HostProblem {
     p.softmax_scale = 1.f / std::sqrt(576.f);
     int max_len = 1;
     for (int L : seqlens) max_len = std::max(max_len, L);
-    p.max_blocks_per_seq = (max_len + kPage - 1) / kPage;
+    p.max_blocks_per_seq = (max_len + page - 1) / page;
     p.num_blocks = batch * p.max_blocks_per_seq + 3;  // a few pages nobody owns
 
     std::mt19937 rng(seed);
@@ -50,16 +53,15 @@ struct HostProblem {
     for (int i = 0; i < p.num_blocks; ++i) pages[i] = i;
     std::shuffle(pages.begin(), pages.end(), rng);
     table.assign(static_cast<size_t>(batch) * p.max_blocks_per_seq, 0x7fffffff);
-    k.assign(static_cast<size_t>(p.num_blocks) * kPage * h_kv * kD, flashmla::reference::kBF16QuietNaN);
+    k.assign(static_cast<size_t>(p.num_blocks) * page * h_kv * kD, flashmla::reference::kBF16QuietNaN);
     int used = 0;
     for (int b = 0; b < batch; ++b)
       for (int t = 0; t < seqlens[b]; ++t) {
-        if (t % kPage == 0) table[b * p.max_blocks_per_seq + t / kPage] = pages[used++];
-        const int page = table[b * p.max_blocks_per_seq + t / kPage];
-        for (int h = 0; h < h_kv; ++h)
-          for (int c = 0; c < kD; ++c)
-            k[((static_cast<size_t>(page) * kPage + t % kPage) * h_kv + h) * kD + c] =
-                float_to_bf16(normal(rng));
+        if (t % page == 0) table[b * p.max_blocks_per_seq + t / page] = pages[used++];
+        for (int h = 0; h < h_kv; ++h) {
+          uint16_t* row = mutable_key(b, t, h);
+          for (int c = 0; c < kD; ++c) row[c] = float_to_bf16(normal(rng));
+        }
       }
     q.resize(static_cast<size_t>(batch) * s_q * h_q * kD);
     for (auto& x : q) x = float_to_bf16(normal(rng));
@@ -67,10 +69,14 @@ struct HostProblem {
     lse.assign(static_cast<size_t>(batch) * h_q * s_q, std::nanf(""));
   }
 
-  const uint16_t* key(int b, int t, int hk) const {
-    const int page = table[b * p.max_blocks_per_seq + t / kPage];
-    return &k[((static_cast<size_t>(page) * kPage + t % kPage) * p.num_heads_kv + hk) * kD];
+  // Element offset of token t's key for kv head hk, through the page table.
+  size_t key_offset(int b, int t, int hk) const {
+    const int page_size = p.page_block_size;
+    const int page = table[b * p.max_blocks_per_seq + t / page_size];
+    return ((static_cast<size_t>(page) * page_size + t % page_size) * p.num_heads_kv + hk) * kD;
   }
+  const uint16_t* key(int b, int t, int hk) const { return &k[key_offset(b, t, hk)]; }
+  uint16_t* mutable_key(int b, int t, int hk) { return &k[key_offset(b, t, hk)]; }
   const uint16_t* query(int b, int s, int h) const {
     return &q[((static_cast<size_t>(b) * p.seqlen_q + s) * p.num_heads_q + h) * kD];
   }
@@ -124,7 +130,7 @@ TEST(Reference, ConstantValueRowsGiveThatRow) {
   for (int c = 0; c < kDv; ++c) row[c] = float_to_bf16(0.01f * (c - 256));
   for (int b = 0; b < 2; ++b)
     for (int t = 0; t < h.seqlens[b]; ++t) {
-      uint16_t* k = const_cast<uint16_t*>(h.key(b, t, 0));
+      uint16_t* k = h.mutable_key(b, t, 0);
       std::copy(row.begin(), row.end(), k);
     }
   h.run();
@@ -164,7 +170,7 @@ TEST(Reference, CausalVisibility) {
 
   // Query 0 of the 65-long sequence must ignore key 64: changing it changes only query 1.
   HostProblem h2 = h;
-  uint16_t* last = const_cast<uint16_t*>(h2.key(1, 64, 0));
+  uint16_t* last = h2.mutable_key(1, 64, 0);
   for (int c = 0; c < kD; ++c) last[c] = float_to_bf16(5.f);
   h2.run();
   for (int hq = 0; hq < 16; ++hq) {
@@ -187,41 +193,72 @@ TEST(Reference, MatchesNaiveFormula) {
       {2, 2, 16, 16, {1, 77}, true},      {1, 3, 16, 4, {129}, true},
   };
   unsigned seed = 100;
-  for (const Case& c : cases) {
-    HostProblem h(c.b, c.s_q, c.h_q, c.h_kv, c.lens, c.causal, ++seed);
+  for (const Case& c : cases)
+    for (int page : {1, 16, 64, 256}) {
+      SCOPED_TRACE("page " + std::to_string(page));
+      HostProblem h(c.b, c.s_q, c.h_q, c.h_kv, c.lens, c.causal, ++seed, page);
+      h.run();
+      const int group = c.h_q / c.h_kv;
+      for (int b = 0; b < c.b; ++b)
+        for (int s = 0; s < c.s_q; ++s)
+          for (int hq = 0; hq < c.h_q; ++hq) {
+            const int L = c.lens[b];
+            const int n = c.causal ? std::max(0, std::min(L, L - c.s_q + s + 1)) : L;
+            double sum = 0;
+            std::vector<double> acc(kDv, 0.0);
+            for (int t = 0; t < n; ++t) {
+              const uint16_t* k = h.key(b, t, hq / group);
+              const double w = std::exp(h.p.softmax_scale * dot(h.query(b, s, hq), k, kD));
+              sum += w;
+              for (int d = 0; d < kDv; ++d) acc[d] += w * bf16_to_float(k[d]);
+            }
+            if (n == 0) {
+              ASSERT_EQ(h.l(b, s, hq), kInf);
+              continue;
+            }
+            ASSERT_NEAR(h.l(b, s, hq), std::log(sum), 1e-5 * std::max(1.0, std::fabs(std::log(sum))));
+            for (int d = 0; d < kDv; ++d)
+              ASSERT_NEAR(h.o(b, s, hq)[d], acc[d] / sum, 1e-5) << "b" << b << " s" << s << " h" << hq;
+          }
+    }
+}
+
+// The same logical keys laid out in pages of any size give bit-identical results: the page
+// size only changes where a token lives, never what is computed.
+TEST(Reference, PageSizeDoesNotChangeResult) {
+  const std::vector<int32_t> lens = {0, 1, 63, 64, 65, 300};
+  HostProblem base(6, 2, 16, 2, lens, /*causal=*/true, 11, 64);
+  base.run();
+  for (int page : {1, 2, 4, 8, 16, 32, 128, 256}) {
+    SCOPED_TRACE("page " + std::to_string(page));
+    HostProblem h(6, 2, 16, 2, lens, true, 12, page);
+    h.q = base.q;
+    for (int b = 0; b < 6; ++b)
+      for (int t = 0; t < lens[b]; ++t)
+        for (int hk = 0; hk < 2; ++hk) std::copy_n(base.key(b, t, hk), kD, h.mutable_key(b, t, hk));
     h.run();
-    const int group = c.h_q / c.h_kv;
-    for (int b = 0; b < c.b; ++b)
-      for (int s = 0; s < c.s_q; ++s)
-        for (int hq = 0; hq < c.h_q; ++hq) {
-          const int L = c.lens[b];
-          const int n = c.causal ? std::max(0, std::min(L, L - c.s_q + s + 1)) : L;
-          double sum = 0;
-          std::vector<double> acc(kDv, 0.0);
-          for (int t = 0; t < n; ++t) {
-            const uint16_t* k = h.key(b, t, hq / group);
-            const double w = std::exp(h.p.softmax_scale * dot(h.query(b, s, hq), k, kD));
-            sum += w;
-            for (int d = 0; d < kDv; ++d) acc[d] += w * bf16_to_float(k[d]);
-          }
-          if (n == 0) {
-            ASSERT_EQ(h.l(b, s, hq), kInf);
-            continue;
-          }
-          ASSERT_NEAR(h.l(b, s, hq), std::log(sum), 1e-5 * std::max(1.0, std::fabs(std::log(sum))));
-          for (int d = 0; d < kDv; ++d)
-            ASSERT_NEAR(h.o(b, s, hq)[d], acc[d] / sum, 1e-5) << "b" << b << " s" << s << " h" << hq;
-        }
+    ASSERT_EQ(h.out, base.out);
+    ASSERT_EQ(h.lse, base.lse);
   }
 }
 
 TEST(Reference, RejectsBrokenSetup) {
-  HostProblem h(1, 1, 16, 1, {100}, false, 9);
-  h.seqlens[0] = h.p.max_blocks_per_seq * kPage + 1;
-  EXPECT_THROW(h.run(), std::invalid_argument);
-  h.seqlens[0] = 100;
-  h.table[1] = h.p.num_blocks;
-  EXPECT_THROW(h.run(), std::invalid_argument);
+  for (int page : {1, 64, 256}) {
+    HostProblem h(1, 1, 16, 1, {100}, false, 9, page);
+    h.seqlens[0] = h.p.max_blocks_per_seq * page + 1;
+    EXPECT_THROW(h.run(), std::invalid_argument);
+    h.seqlens[0] = 100;
+    h.table[(100 - 1) / page] = h.p.num_blocks;  // the last live entry
+    EXPECT_THROW(h.run(), std::invalid_argument);
+  }
+}
+
+TEST(Reference, RejectsUnsupportedPageSize) {
+  for (int page : {0, 3, 48, 512, -64}) {
+    HostProblem h(1, 1, 16, 1, {100}, false, 10);
+    h.p.page_block_size = page;
+    EXPECT_THROW(h.run(), std::invalid_argument) << "page " << page;
+  }
 }
 
 }  // namespace

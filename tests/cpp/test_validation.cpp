@@ -5,6 +5,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -109,6 +110,13 @@ T* offset_bytes(T* p, int bytes) {
   return reinterpret_cast<T*>(reinterpret_cast<uintptr_t>(p) + bytes);
 }
 
+// Pages of `page` tokens over the same k_cache bytes, rows dense as in valid_params.
+void set_page(MlaDecodeParams& p, int page) {
+  p.page_block_size = page;
+  p.k_block_stride = static_cast<int64_t>(page) * p.k_row_stride;
+  p.num_blocks = std::max(1, kBlocks * 64 / page);
+}
+
 struct BadCase {
   const char* label;
   std::function<void(MlaDecodeParams&)> mutate;
@@ -128,7 +136,12 @@ std::vector<BadCase> bad_cases() {
       {"kv heads not dividing", [](auto& p) { p.num_heads_kv = 3; }, "num_heads_kv"},
       {"head_dim", [](auto& p) { p.head_dim = 512; }, "head_dim must be 576, got 512"},
       {"head_dim_v", [](auto& p) { p.head_dim_v = 576; }, "head_dim_v must be 512, got 576"},
-      {"page size", [](auto& p) { p.page_block_size = 32; }, "page_block_size"},
+      {"page size 0", [](auto& p) { p.page_block_size = 0; }, "page_block_size"},
+      {"page size 3", [](auto& p) { p.page_block_size = 3; }, "page_block_size"},
+      {"page size 48", [](auto& p) { p.page_block_size = 48; }, "page_block_size"},
+      {"page size -64", [](auto& p) { p.page_block_size = -64; }, "page_block_size"},
+      // Strides grown with the page, so that only the page size itself is wrong.
+      {"page size 512", [](auto& p) { set_page(p, 512); }, "page_block_size"},
       {"num_blocks", [](auto& p) { p.num_blocks = 0; }, "num_blocks"},
       {"max_blocks", [](auto& p) { p.max_blocks_per_seq = 0; }, "max_blocks_per_seq"},
       {"scale 0", [](auto& p) { p.softmax_scale = 0.f; }, "softmax_scale"},
@@ -207,6 +220,15 @@ TEST(Validation, Fp16IsAccepted) {
   p.dtype = flashmla::DType::kFP16;
   std::string why;
   EXPECT_TRUE(flashmla::can_implement(p, &why)) << why;
+}
+
+TEST(Validation, PowerOfTwoPageSizesPass) {
+  for (int page = 1; page <= 256; page *= 2) {
+    MlaDecodeParams p = valid_params();
+    set_page(p, page);
+    std::string why;
+    EXPECT_TRUE(flashmla::can_implement(p, &why)) << "page_block_size " << page << ": " << why;
+  }
 }
 
 TEST(Validation, LegalNonDenseLayoutsPass) {
