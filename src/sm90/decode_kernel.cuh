@@ -70,8 +70,21 @@ __device__ __forceinline__ void producer_tma(const MlaDecodeParams& p, const CUt
     const int32_t* table = p.block_table + static_cast<int64_t>(i) * p.block_table_batch_stride;
     for (int blk = walk.lo(i), end = walk.hi(i, nblocks); blk < end; ++blk, ++iter) {
       const int stage = iter % kStages;
+      if (box_rows == kBlockN) {
+        // Pages of >= 64 tokens: one box per sub-tile, nothing left to compute after the
+        // wait. The refill of a stage is on the critical path of multi-tile CTAs: a runtime
+        // division per box here cost up to 20% on h_q = 128 (docs/perf-log.md v8).
+        const int page = table[(blk * kBlockN) >> page_shift];
+        const int row = (blk * kBlockN) & (p.page_block_size - 1);
+        if (iter >= kStages) mbar_wait(&s.empty[stage], ((iter / kStages) + 1) & 1);
+        mbar_expect_tx(&s.full[stage], (kSubTiles - warp + kProducerWarps - 1) / kProducerWarps * kSubTileBytes);
+        for (int t = warp; t < kSubTiles; t += kProducerWarps) {
+          tma_load_4d(s.kv[stage][t], kv_map, &s.full[stage], t * kSubCols, row, kv_head, page);
+        }
+        continue;
+      }
       const int live = min(seqlen - blk * kBlockN, kBlockN);
-      const int boxes = (live + box_rows - 1) / box_rows;  // 1..4 (4 for 16-token pages)
+      const int boxes = (live + box_rows - 1) / box_rows;  // 2 or 4 (16- and 32-token pages)
       // The page ids, read before the stage wait so their latency hides behind it.
       int page[4];
 #pragma unroll
