@@ -1,7 +1,7 @@
 // Decode benchmark of the C++ API (no torch).
 //
 //   bench_decode [--quick] [--matrix] [--regime NAME]... [--latency] [--no-matrix]
-//                [--config b,s_k,h_q,s_q,causal[,h_kv]]... [--page N] [--fp8] [--json PATH]
+//                [--config b,s_k,h_q,s_q,causal[,h_kv]]... [--page N] [--sequential-pages] [--fp8] [--json PATH]
 //                [--iters N] [--list]
 //
 // What runs: the fixed matrix (every sequence of length s_k, b=128) unless --config, --regime
@@ -79,6 +79,8 @@ struct Config {
   int b = 128, s_k = 4096, h_q = 128, s_q = 1, h_kv = 1;
   int page = 64;  // tokens per KV-cache page (--page)
   bool fp8 = false;  // FP8-with-scale KV cache (--fp8)
+  bool shuffle_pages = true;  // false (--sequential-pages): pages in address order, to tell
+                              // DRAM locality from kernel cost at small page sizes
   bool causal = true;
   std::vector<int> lens;      // per-sequence lengths; empty: every sequence has length s_k
   std::string regime = "matrix";
@@ -391,7 +393,7 @@ Measurement run_config(const Config& c, int iters, int num_sms, size_t l2_bytes,
   for (size_t s = 0; s < sets; ++s) {
     const int32_t base = static_cast<int32_t>(s * pl.pages_per_set);
     std::iota(perm.begin(), perm.end(), base);
-    std::shuffle(perm.begin(), perm.end(), rng);
+    if (c.shuffle_pages) std::shuffle(perm.begin(), perm.end(), rng);
     size_t next = 0;
     for (int i = 0; i < c.b; ++i) {
       int32_t* row = &table_host[s * table_per_set + static_cast<size_t>(i) * pl.max_blocks];
@@ -636,6 +638,7 @@ void usage() {
       "                    [--config b,s_k,h_q,s_q,causal[,h_kv]]... [--page N] [--fp8] [--json PATH]\n"
       "                    [--iters N] [--list]\n"
       "  --page: tokens per KV-cache page for every config (default 64)\n"
+      "  --sequential-pages: pages in address order instead of shuffled\n"
       "  --fp8: FP8-with-scale KV cache (656-byte records per token and kv head) for every config\n"
       "  s_k of --config may be b lengths separated by ':'; regimes:");
   for (const std::string& n : regime_names()) std::printf(" %s", n.c_str());
@@ -665,6 +668,7 @@ int main(int argc, char** argv) {
   std::string json_path;
   bool quick = false, want_matrix = false, no_matrix = false, list_only = false, fp8 = false;
   int iters = 32, page = 64;
+  bool sequential_pages = false;
   try {
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
@@ -687,6 +691,8 @@ int main(int argc, char** argv) {
         json_path = argv[++i];
       } else if (a == "--iters" && has_value) {
         iters = std::max(1, std::stoi(argv[++i]));
+      } else if (a == "--sequential-pages") {
+        sequential_pages = true;
       } else if (a == "--page" && has_value) {
         page = std::stoi(argv[++i]);
         if (page < 1) throw std::invalid_argument("--page must be >= 1");
@@ -715,6 +721,7 @@ int main(int argc, char** argv) {
   // then says why), so that the benchmark can also show the rejection.
   for (Config& c : configs) {
     c.page = page;
+    c.shuffle_pages = !sequential_pages;
     c.fp8 = fp8;
   }
   if (configs.empty()) {
