@@ -583,13 +583,17 @@ __device__ __forceinline__ void math(const MlaDecodeParams& p, SharedStorage& s,
             1);
       }
       wgmma_commit();
-      if (has_next) issue_s(sc_next, iter + 1, blk + 1);
-      // wait_group 0, not 1: reading O while S(n+1) is still in flight makes ptxas inject a
-      // full wait anyway (C7517) or serialize every wgmma of the kernel (C7514).
+      // The stage is released as soon as PV(n) is done, before S(n+1) is issued: S(n+1) waits
+      // for tile n+1 to land, and releasing after it chained every refill behind the previous
+      // one (one load in flight instead of two; docs/perf-log.md v10).
       wgmma_wait<0>();
       fence_operands(o);
-      fence_operands(sc_next);
       if (math_tid % 128 == 0) mbar_arrive(&s.empty[stage]);
+      if (has_next) {
+        issue_s(sc_next, iter + 1, blk + 1);
+        wgmma_wait<0>();
+        fence_operands(sc_next);
+      }
 #pragma unroll
       for (int k = 0; k < 16; ++k) sc[k] = sc_next[k];
     }
