@@ -18,27 +18,27 @@
 #include <string>
 
 #include "flashmla/flashmla.h"
+#include "fp8_record.cuh"
 #include "internal.h"
 
 namespace flashmla {
 namespace {
 
 constexpr int kLatent = kHeadDimV;                        // 512 scaled dims
-constexpr int kGroups = kLatent / kFp8ScaleGroup;         // 4 scales per token
-constexpr int kScaleOffset = kLatent;                     // bytes into a record
-constexpr int kRopeOffset = kScaleOffset + 4 * kGroups;   // 528
+using fp8::kRopeOffset;
+using fp8::kScaleOffset;
 constexpr int kRopeChunks = (kHeadDim - kLatent) * 2 / 16;  // 8 chunks of 16 bytes
 constexpr int kDimsPerLane = kLatent / 32;                // 16
 constexpr int kLanesPerGroup = kFp8ScaleGroup / kDimsPerLane;  // 8
 constexpr int kWarpsPerBlock = 8;
 constexpr float kE4m3Max = 448.f;
-static_assert(kRopeOffset + kRopeChunks * 16 == kFp8TokenBytes, "record layout");
 static_assert(kRopeOffset % 16 == 0, "RoPE dims of a record are moved as 16-byte chunks");
 
 // 8 bf16 <-> one uint4, element i in the i-th 16-bit half of the words.
 union Bf16x8 {
   uint4 raw;
   __nv_bfloat162 pair[4];
+  uint32_t word[4];
 };
 
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
@@ -111,11 +111,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     Bf16x8 out[2];
     for (int i = 0; i < kDimsPerLane / 2; ++i) {
       const uint32_t word = words[i / 2];
-      const auto pair = static_cast<__nv_fp8x2_storage_t>(i % 2 == 0 ? word & 0xffffu : word >> 16);
-      // e4m3 -> fp16 is exact (fp16 covers its range and precision); the fp32 multiply is the
-      // one rounding before the bf16 one, as the format defines it.
-      const float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(pair, __NV_E4M3)));
-      out[i / 4].pair[i % 4] = __floats2bfloat162_rn(__fmul_rn(f.x, scale), __fmul_rn(f.y, scale));
+      out[i / 4].word[i % 4] = fp8::e4m3x2_to_bf16x2(i % 2 == 0 ? word : word >> 16, scale);
     }
     uint4* lane_dst = reinterpret_cast<uint4*>(row) + 2 * lane;
     lane_dst[0] = out[0].raw;

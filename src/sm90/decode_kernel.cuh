@@ -10,6 +10,7 @@
 
 #include "element.cuh"
 #include "flashmla/flashmla.h"
+#include "fp8_record.cuh"
 #include "scheduler/plan.h"
 #include "sm90/decode_config.h"
 #include "sm90/ptx.cuh"
@@ -41,6 +42,36 @@ struct PartWalk {
   __device__ int hi(int i, int nblocks) const { return i == batch_end ? block_end : nblocks; }
 };
 
+// The tiles of a part in walk order, as a cursor: the producers' loop (the FP8 one also keeps
+// a second cursor one tile ahead).
+struct TileCursor {
+  int i, blk, end, seqlen;
+  __device__ TileCursor(const MlaDecodeParams& p, const PartWalk& walk) : i(walk.batch_begin) {
+    settle(p, walk);
+  }
+  __device__ bool valid(const MlaDecodeParams& p, const PartWalk& walk) const {
+    return i <= walk.batch_end && i < p.batch;
+  }
+  __device__ const int32_t* table(const MlaDecodeParams& p) const {
+    return p.block_table + static_cast<int64_t>(i) * p.block_table_batch_stride;
+  }
+  __device__ void advance(const MlaDecodeParams& p, const PartWalk& walk) {
+    if (++blk < end) return;
+    ++i;
+    settle(p, walk);
+  }
+
+ private:
+  __device__ void settle(const MlaDecodeParams& p, const PartWalk& walk) {  // skip empty pieces
+    for (; valid(p, walk); ++i) {
+      seqlen = p.cache_seqlens[i];
+      blk = walk.lo(i);
+      end = walk.hi(i, num_kv_blocks(seqlen));
+      if (blk < end) return;
+    }
+  }
+};
+
 // Page sizes: a 64-token tile is one box per 64x64 sub-tile when a page holds >= 64 tokens,
 // 64/page boxes per sub-tile for 16- and 32-token pages (each lands 1024-byte aligned, so the
 // 128B swizzle pattern is the one a 64-row box would have written), and a cp.async gather by
@@ -53,7 +84,7 @@ constexpr int kProducerThreads = 128;
 constexpr int kProducerWarps = 4;
 
 // Lane 0 of each producer warp: TMA boxes of every page that holds a live token of the tile,
-// the (box, sub-tile) pairs dealt round-robin over the 4 warps, each warp arriving on
+// the (page, sub-tile) pairs dealt round-robin over the 4 warps, each warp arriving on
 // full[stage] with its own byte count (barrier count 4). One thread issuing all 36 boxes of
 // a 16-token-page tile put ~0.7 us of issue latency on every refill (docs/perf-log.md v8).
 // Pages past the sequence end are not read at all (their table entries may be garbage); their
@@ -62,46 +93,32 @@ __device__ __forceinline__ void producer_tma(const MlaDecodeParams& p, const CUt
                                              SharedStorage& s, const PartWalk& walk, int kv_head,
                                              int warp) {
   const int page_shift = log2_pow2(p.page_block_size);
-  const int box_rows = p.page_block_size < kBlockN ? p.page_block_size : kBlockN;
+  const int box_shift = min(page_shift, log2_pow2(kBlockN));  // box rows: min(page, 64)
+  const int box_rows = 1 << box_shift;
   int iter = 0;
-  for (int i = walk.batch_begin; i <= walk.batch_end && i < p.batch; ++i) {
-    const int seqlen = p.cache_seqlens[i];
-    const int nblocks = num_kv_blocks(seqlen);
-    const int32_t* table = p.block_table + static_cast<int64_t>(i) * p.block_table_batch_stride;
-    for (int blk = walk.lo(i), end = walk.hi(i, nblocks); blk < end; ++blk, ++iter) {
-      const int stage = iter % kStages;
-      if (box_rows == kBlockN) {
-        // Pages of >= 64 tokens: one box per sub-tile, nothing left to compute after the
-        // wait. The refill of a stage is on the critical path of multi-tile CTAs: a runtime
-        // division per box here cost up to 20% on h_q = 128 (docs/perf-log.md v8).
-        const int page = table[(blk * kBlockN) >> page_shift];
-        const int row = (blk * kBlockN) & (p.page_block_size - 1);
-        if (iter >= kStages) mbar_wait(&s.empty[stage], ((iter / kStages) + 1) & 1);
-        mbar_expect_tx(&s.full[stage], (kSubTiles - warp + kProducerWarps - 1) / kProducerWarps * kSubTileBytes);
-        for (int t = warp; t < kSubTiles; t += kProducerWarps) {
-          tma_load_4d(s.kv[stage][t], kv_map, &s.full[stage], t * kSubCols, row, kv_head, page);
-        }
-        continue;
-      }
-      const int live = min(seqlen - blk * kBlockN, kBlockN);
-      const int boxes = (live + box_rows - 1) / box_rows;  // 2 or 4 (16- and 32-token pages)
-      // The page ids, read before the stage wait so their latency hides behind it.
-      int page[4];
+  for (TileCursor tile(p, walk); tile.valid(p, walk); tile.advance(p, walk), ++iter) {
+    const int stage = iter % kStages;
+    const int32_t* table = tile.table(p);
+    const int live = min(tile.seqlen - tile.blk * kBlockN, kBlockN);
+    const int boxes = (live + box_rows - 1) >> box_shift;  // 1; up to 4 for 16-token pages
+    // The page ids, read before the stage wait so their latency hides behind it.
+    int page[4];
 #pragma unroll
-      for (int b = 0; b < 4; ++b)
-        page[b] = b < boxes ? table[(blk * kBlockN + b * box_rows) >> page_shift] : 0;
-      if (iter >= kStages) mbar_wait(&s.empty[stage], ((iter / kStages) + 1) & 1);
-      const int pairs = boxes * kSubTiles;
-      const int mine = (pairs - warp + kProducerWarps - 1) / kProducerWarps;
-      mbar_expect_tx(&s.full[stage], mine * box_rows * 128);
+    for (int b = 0; b < 4; ++b)
+      page[b] = b < boxes ? table[(tile.blk * kBlockN + b * box_rows) >> page_shift] : 0;
+    if (iter >= kStages) mbar_wait(&s.empty[stage], ((iter / kStages) + 1) & 1);
+    // After the wait only constant divisions: the refill is on the critical path of CTAs with
+    // many tiles, and a runtime divisor here cost up to 20% at h_q = 128 (docs/perf-log.md v8).
+    const int pairs = boxes * kSubTiles;
+    const int mine = (pairs - warp + kProducerWarps - 1) / kProducerWarps;
+    mbar_expect_tx(&s.full[stage], mine * box_rows * 128);
 #pragma unroll 1
-      for (int k = warp; k < pairs; k += kProducerWarps) {
-        const int b = k / kSubTiles, t = k % kSubTiles;
-        const int tok = blk * kBlockN + b * box_rows;
-        const int pg = b == 0 ? page[0] : b == 1 ? page[1] : b == 2 ? page[2] : page[3];
-        tma_load_4d(s.kv[stage][t] + b * box_rows * kSubCols, kv_map, &s.full[stage],
-                    t * kSubCols, tok & (p.page_block_size - 1), kv_head, pg);
-      }
+    for (int k = warp; k < pairs; k += kProducerWarps) {
+      const int b = k / kSubTiles, t = k % kSubTiles;
+      const int tok = tile.blk * kBlockN + b * box_rows;
+      const int pg = b == 0 ? page[0] : b == 1 ? page[1] : b == 2 ? page[2] : page[3];
+      tma_load_4d(s.kv[stage][t] + b * box_rows * kSubCols, kv_map, &s.full[stage],
+                  t * kSubCols, tok & (p.page_block_size - 1), kv_head, pg);
     }
   }
 }
@@ -118,32 +135,28 @@ __device__ __forceinline__ void producer_gather(const MlaDecodeParams& p, Shared
   constexpr int kRowsPerWarp = kBlockN / kProducerWarps;  // 16
   const auto* k_cache = static_cast<const uint16_t*>(p.k_cache);
   int iter = 0;
-  for (int i = walk.batch_begin; i <= walk.batch_end && i < p.batch; ++i) {
-    const int seqlen = p.cache_seqlens[i];
-    const int nblocks = num_kv_blocks(seqlen);
-    const int32_t* table = p.block_table + static_cast<int64_t>(i) * p.block_table_batch_stride;
-    for (int blk = walk.lo(i), end = walk.hi(i, nblocks); blk < end; ++blk, ++iter) {
-      const int stage = iter % kStages;
-      // Lane j < 16 looks up the page of the warp's j-th row, before the stage wait.
-      const int my_tok = blk * kBlockN + warp + kProducerWarps * (lane % kRowsPerWarp);
-      const int my_page = my_tok < seqlen ? __ldg(table + (my_tok >> page_shift)) : 0;
-      if (iter >= kStages) mbar_wait(&s.empty[stage], ((iter / kStages) + 1) & 1);
+  for (TileCursor tile(p, walk); tile.valid(p, walk); tile.advance(p, walk), ++iter) {
+    const int stage = iter % kStages;
+    const int seqlen = tile.seqlen;
+    // Lane j < 16 looks up the page of the warp's j-th row, before the stage wait.
+    const int my_tok = tile.blk * kBlockN + warp + kProducerWarps * (lane % kRowsPerWarp);
+    const int my_page = my_tok < seqlen ? __ldg(tile.table(p) + (my_tok >> page_shift)) : 0;
+    if (iter >= kStages) mbar_wait(&s.empty[stage], ((iter / kStages) + 1) & 1);
 #pragma unroll 1
-      for (int j = 0; j < kRowsPerWarp; ++j) {
-        const int row = warp + kProducerWarps * j;
-        const int tok = blk * kBlockN + row;
-        const int page = __shfl_sync(0xffffffff, my_page, j);
-        if (tok >= seqlen) break;  // rows only grow with j
-        const uint16_t* src = k_cache + static_cast<int64_t>(page) * p.k_block_stride +
-                              static_cast<int64_t>(tok & (p.page_block_size - 1)) * p.k_row_stride +
-                              static_cast<int64_t>(kv_head) * p.k_head_stride;
-        for (int c = lane; c < kChunksPerRow; c += 32) {
-          char* sub = reinterpret_cast<char*>(s.kv[stage][c / 8]);
-          cp_async_16(sub + row * 128 + (((c % 8) ^ (row & 7)) << 4), src + c * 8);
-        }
+    for (int j = 0; j < kRowsPerWarp; ++j) {
+      const int row = warp + kProducerWarps * j;
+      const int tok = tile.blk * kBlockN + row;
+      const int page = __shfl_sync(0xffffffff, my_page, j);
+      if (tok >= seqlen) break;  // rows only grow with j
+      const uint16_t* src = k_cache + static_cast<int64_t>(page) * p.k_block_stride +
+                            static_cast<int64_t>(tok & (p.page_block_size - 1)) * p.k_row_stride +
+                            static_cast<int64_t>(kv_head) * p.k_head_stride;
+      for (int c = lane; c < kChunksPerRow; c += 32) {
+        char* sub = reinterpret_cast<char*>(s.kv[stage][c / 8]);
+        cp_async_16(sub + row * 128 + (((c % 8) ^ (row & 7)) << 4), src + c * 8);
       }
-      cp_async_mbar_arrive(&s.full[stage]);
     }
+    cp_async_mbar_arrive(&s.full[stage]);
   }
 }
 
@@ -168,14 +181,6 @@ struct KvMaps {
   CUtensorMap fp8_scale;
   CUtensorMap fp8_rope;
 };
-
-__device__ __forceinline__ uint32_t fp8x2_to_bf16x2(uint32_t two, float scale) {
-  const __half2_raw h =
-      __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two), __NV_E4M3);
-  const float2 f = __half22float2(__half2(h));
-  const __nv_bfloat162 b = __floats2bfloat162_rn(f.x * scale, f.y * scale);
-  return *reinterpret_cast<const uint32_t*>(&b);
-}
 
 __device__ __forceinline__ int opaque(int x) {
   asm volatile("" : "+r"(x));
@@ -203,8 +208,8 @@ __device__ __forceinline__ void write_expanded(char* stage_base, int t, int row,
   for (int k = 0; k < 4; ++k) {
     const uint4 in = v[k / 2];
     const uint32_t a = (k % 2) ? in.z : in.x, b = (k % 2) ? in.w : in.y;
-    const uint4 out = make_uint4(fp8x2_to_bf16x2(a & 0xffff, scale), fp8x2_to_bf16x2(a >> 16, scale),
-                                 fp8x2_to_bf16x2(b & 0xffff, scale), fp8x2_to_bf16x2(b >> 16, scale));
+    const uint4 out = make_uint4(fp8::e4m3x2_to_bf16x2(a, scale), fp8::e4m3x2_to_bf16x2(a >> 16, scale),
+                                 fp8::e4m3x2_to_bf16x2(b, scale), fp8::e4m3x2_to_bf16x2(b >> 16, scale));
     *reinterpret_cast<uint4*>(sub + (((4 * half + k) ^ (row & 7)) << 4)) = out;
   }
 }
@@ -236,33 +241,6 @@ __device__ __forceinline__ void expand_fp8_tile(SharedStorage& s, int stage, int
   mbar_arrive(&s.full[stage]);
 }
 
-// The tiles of a part in walk order, as a cursor: the FP8 producer issues one tile ahead of
-// the one it expands.
-struct TileCursor {
-  int i, blk, end, seqlen;
-  __device__ TileCursor(const MlaDecodeParams& p, const PartWalk& walk) : i(walk.batch_begin) {
-    settle(p, walk);
-  }
-  __device__ bool valid(const MlaDecodeParams& p, const PartWalk& walk) const {
-    return i <= walk.batch_end && i < p.batch;
-  }
-  __device__ void advance(const MlaDecodeParams& p, const PartWalk& walk) {
-    if (++blk < end) return;
-    ++i;
-    settle(p, walk);
-  }
-
- private:
-  __device__ void settle(const MlaDecodeParams& p, const PartWalk& walk) {  // skip empty pieces
-    for (; valid(p, walk); ++i) {
-      seqlen = p.cache_seqlens[i];
-      blk = walk.lo(i);
-      end = walk.hi(i, num_kv_blocks(seqlen));
-      if (blk < end) return;
-    }
-  }
-};
-
 // One thread: the TMA boxes of tile `tile` (the iter-th of the part) into its stage, per page
 // 4 latent slots, the scales and the RoPE, completing on staged[stage].
 __device__ __forceinline__ void issue_fp8_tile(const MlaDecodeParams& p, const KvMaps& maps,
@@ -273,7 +251,7 @@ __device__ __forceinline__ void issue_fp8_tile(const MlaDecodeParams& p, const K
   const int box_rows = p.page_block_size < kBlockN ? p.page_block_size : kBlockN;
   const int live = min(tile.seqlen - tile.blk * kBlockN, kBlockN);
   const int boxes = (live + box_rows - 1) / box_rows;
-  const int32_t* table = p.block_table + static_cast<int64_t>(tile.i) * p.block_table_batch_stride;
+  const int32_t* table = tile.table(p);
   mbar_expect_tx(&s.staged[stage], boxes * box_rows * (5 * 128 + 16));
 #pragma unroll 1
   for (int b = 0; b < boxes; ++b) {
@@ -346,8 +324,7 @@ __device__ __forceinline__ void producer_fp8(const MlaDecodeParams& p, const KvM
     const int row = opaque(row0);
     // Rows past the sequence end are left stale: sanitize_tail zeroes them.
     const int tok = tile.blk * kBlockN + row;
-    const int32_t* table = p.block_table + static_cast<int64_t>(tile.i) * p.block_table_batch_stride;
-    const int page = tok < tile.seqlen ? __ldg(table + (tok >> page_shift)) : 0;
+    const int page = tok < tile.seqlen ? __ldg(tile.table(p) + (tok >> page_shift)) : 0;
     if (iter >= kStages) mbar_wait(&s.empty[stage], ((iter / kStages) + 1) & 1);
     if (tok < tile.seqlen) {
       const uint8_t* rec = cache + static_cast<int64_t>(page) * p.k_block_stride +
@@ -365,9 +342,9 @@ __device__ __forceinline__ void producer_fp8(const MlaDecodeParams& p, const KvM
       for (int k = 0; k < 4; ++k) {
         const int c = half + 2 * k;
         cp_async_16(base + (kSubTiles - 1) * kSubTileBytes + row * 128 + ((c ^ (row & 7)) << 4),
-                    rec + kHeadDimV + 16 + c * 16);
+                    rec + fp8::kRopeOffset + c * 16);
       }
-      if (half == 0) cp_async_16(base + row * 16, rec + kHeadDimV);
+      if (half == 0) cp_async_16(base + row * 16, rec + fp8::kScaleOffset);
     }
     cp_async_wait_all();
     producer_sync();  // every thread's copies have landed

@@ -77,9 +77,9 @@ sm90::KvMaps make_kv_maps(const MlaDecodeParams& p) {
   if (p.kv_format == KvFormat::kFP8WithScale) {
     maps.kv = make_map(p, CU_TENSOR_MAP_DATA_TYPE_UINT8, 0, kHeadDimV, 128,
                        CU_TENSOR_MAP_SWIZZLE_NONE, "FP8 latent bytes");
-    maps.fp8_scale = make_map(p, CU_TENSOR_MAP_DATA_TYPE_UINT8, kHeadDimV, 16, 16,
+    maps.fp8_scale = make_map(p, CU_TENSOR_MAP_DATA_TYPE_UINT8, fp8::kScaleOffset, 16, 16,
                               CU_TENSOR_MAP_SWIZZLE_NONE, "FP8 scales");
-    maps.fp8_rope = make_map(p, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, kHeadDimV + 16,
+    maps.fp8_rope = make_map(p, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, fp8::kRopeOffset,
                              kHeadDim - kHeadDimV, sm90::kSubCols, CU_TENSOR_MAP_SWIZZLE_128B,
                              "FP8 RoPE part");
   } else {

@@ -1,0 +1,31 @@
+// The FP8-with-scale token record (KvFormat::kFP8WithScale, layout in flashmla.h): byte
+// offsets and the one e4m3 -> bf16 step, shared by the conversion kernels (src/fp8_cache.cu)
+// and the decode kernel's in-place expansion, so decode reads exactly what dequantize_kv_fp8
+// writes.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <cstdint>
+
+#include "flashmla/flashmla.h"
+
+namespace flashmla::fp8 {
+
+constexpr int kScaleOffset = kHeadDimV;                          // 4 fp32 scales
+constexpr int kRopeOffset = kScaleOffset + 4 * (kHeadDimV / kFp8ScaleGroup);  // 64 bf16
+static_assert(kRopeOffset + (kHeadDim - kHeadDimV) * 2 == kFp8TokenBytes, "record layout");
+
+// Two e4m3 (low byte first) times their group's scale, as a bf16x2 word. e4m3 -> fp16 is
+// exact; the fp32 product is the one rounding before the bf16 one, as the format defines it.
+__device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t two, float scale) {
+  const __half2_raw h =
+      __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two & 0xffffu), __NV_E4M3);
+  const float2 f = __half22float2(__half2(h));
+  const __nv_bfloat162 b = __floats2bfloat162_rn(__fmul_rn(f.x, scale), __fmul_rn(f.y, scale));
+  return *reinterpret_cast<const uint32_t*>(&b);
+}
+
+}  // namespace flashmla::fp8
