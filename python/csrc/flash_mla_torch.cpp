@@ -237,23 +237,30 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache_mla(
 }
 
 // FP8 cache conversion over the token records of a tensor [..., 576] bf16 <-> [..., 656]
-// float8_e4m3fn bytes. Leading dims are flattened (a copy only if they are not uniform).
+// float8_e4m3fn bytes. Leading dims are flattened (a copy only if they are not uniform);
+// `convert(src, src_stride, dst, dst_stride, n, stream)` is the core's function.
+template <typename Convert>
+at::Tensor convert_records(const at::Tensor& src, int64_t dst_width, at::ScalarType dst_dtype,
+                           Convert convert) {
+  const c10::cuda::CUDAGuard guard(src.device());
+  const at::Tensor rows = src.reshape({-1, src.size(-1)});
+  auto out_shape = src.sizes().vec();
+  out_shape.back() = dst_width;
+  at::Tensor out = at::empty(out_shape, src.options().dtype(dst_dtype));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(src.device().index()).stream();
+  call_core([&] {
+    convert(rows.data_ptr(), rows.stride(0), out.data_ptr(), dst_width, rows.size(0), stream);
+  });
+  return out;
+}
+
 at::Tensor quantize_kv_fp8(const at::Tensor& kv) {
   TORCH_CHECK_VALUE(kv.is_cuda(), "kv must be a CUDA tensor, got device ", kv.device());
   TORCH_CHECK_VALUE(kv.scalar_type() == at::kBFloat16, "kv must be bfloat16, got ", kv.scalar_type());
   TORCH_CHECK_VALUE(kv.dim() >= 1 && kv.size(-1) == flashmla::kHeadDim, "kv last dim must be ",
                     flashmla::kHeadDim, ", got shape ", kv.sizes());
-  const c10::cuda::CUDAGuard guard(kv.device());
-  const at::Tensor rows = kv.reshape({-1, flashmla::kHeadDim});
-  auto out_shape = kv.sizes().vec();
-  out_shape.back() = flashmla::kFp8TokenBytes;
-  at::Tensor out = at::empty(out_shape, kv.options().dtype(at::kFloat8_e4m3fn));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(kv.device().index()).stream();
-  call_core([&] {
-    flashmla::quantize_kv_fp8(rows.data_ptr(), rows.stride(0), out.data_ptr(),
-                              flashmla::kFp8TokenBytes, rows.size(0), stream);
-  });
-  return out;
+  return convert_records(kv, flashmla::kFp8TokenBytes, at::kFloat8_e4m3fn,
+                         flashmla::quantize_kv_fp8);
 }
 
 at::Tensor dequantize_kv_fp8(const at::Tensor& kv_fp8) {
@@ -263,17 +270,7 @@ at::Tensor dequantize_kv_fp8(const at::Tensor& kv_fp8) {
   TORCH_CHECK_VALUE(kv_fp8.dim() >= 1 && kv_fp8.size(-1) == flashmla::kFp8TokenBytes,
                     "kv_fp8 last dim must be ", flashmla::kFp8TokenBytes, ", got shape ",
                     kv_fp8.sizes());
-  const c10::cuda::CUDAGuard guard(kv_fp8.device());
-  const at::Tensor rows = kv_fp8.reshape({-1, flashmla::kFp8TokenBytes});
-  auto out_shape = kv_fp8.sizes().vec();
-  out_shape.back() = flashmla::kHeadDim;
-  at::Tensor out = at::empty(out_shape, kv_fp8.options().dtype(at::kBFloat16));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(kv_fp8.device().index()).stream();
-  call_core([&] {
-    flashmla::dequantize_kv_fp8(rows.data_ptr(), rows.stride(0), out.data_ptr(),
-                                flashmla::kHeadDim, rows.size(0), stream);
-  });
-  return out;
+  return convert_records(kv_fp8, flashmla::kHeadDim, at::kBFloat16, flashmla::dequantize_kv_fp8);
 }
 
 // _C.num_sm_parts(num_sms, rows_per_kv_head, num_heads_kv): the core's own formula, for the
