@@ -11,17 +11,16 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <limits>
-#include <memory>
 #include <random>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "flashmla/flashmla.h"
+#include "gpu_test_util.h"
 #include "reference/bf16.h"
 #include "reference/fp8_cache_host.h"
 
@@ -35,6 +34,10 @@ using flashmla::reference::e4m3_to_float;
 using flashmla::reference::float_to_bf16;
 using flashmla::reference::float_to_e4m3;
 using flashmla::reference::quantize_kv_fp8_host;
+using flashmla::test::ck;
+using flashmla::test::DeviceBuffer;
+using flashmla::test::GpuTest;
+using flashmla::test::to_device;
 
 constexpr int kLatent = 512;
 constexpr int kGroup = flashmla::kFp8ScaleGroup;
@@ -298,69 +301,12 @@ TEST(Fp8CacheArgs, Dequantize) {
 // ---------------------------------------------------------------------------------------
 // GPU kernels against the host twin
 
-void ck(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-}
-
-// Empty string if the GPU tests can run, else why not.
-std::string gpu_unavailable_reason() {
-  static const std::string reason = [] {
-    int n = 0;
-    const cudaError_t err = cudaGetDeviceCount(&n);
-    if (err != cudaSuccess) {
-      (void)cudaGetLastError();
-      return std::string("no CUDA device (cudaGetDeviceCount: ") + cudaGetErrorString(err) + ")";
-    }
-    if (n == 0) return std::string("no CUDA device (cudaGetDeviceCount returned 0)");
-    cudaDeviceProp prop{};
-    if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return std::string("cudaGetDeviceProperties failed");
-    if (prop.major != 9 || prop.minor != 0)
-      return "kernels are built for sm_90a, device 0 is sm_" + std::to_string(prop.major * 10 + prop.minor);
-    return std::string();
-  }();
-  return reason;
-}
-
-class Fp8CacheGpu : public ::testing::Test {
- protected:
-  void SetUp() override {
-    const std::string why = gpu_unavailable_reason();
-    if (!why.empty()) {
-      std::printf("skipping: %s\n", why.c_str());
-      GTEST_SKIP() << why;
-    }
-  }
-};
-
-// A device copy of a host vector; download() reads it back.
-template <class T>
-class DeviceCopy {
- public:
-  explicit DeviceCopy(const std::vector<T>& host) : n_(host.size()) {
-    void* p = nullptr;
-    ck(cudaMalloc(&p, n_ * sizeof(T)), "cudaMalloc");
-    ptr_.reset(p);
-    ck(cudaMemcpy(p, host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy H2D");
-  }
-  T* get() const { return static_cast<T*>(ptr_.get()); }
-  std::vector<T> download() const {
-    std::vector<T> host(n_);
-    ck(cudaMemcpy(host.data(), ptr_.get(), n_ * sizeof(T), cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
-    return host;
-  }
-
- private:
-  struct Free {
-    void operator()(void* p) const { cudaFree(p); }
-  };
-  size_t n_;
-  std::unique_ptr<void, Free> ptr_;
-};
+class Fp8CacheGpu : public GpuTest {};
 
 std::vector<uint8_t> quantize_on_gpu(const std::vector<uint16_t>& rows, int64_t row_stride,
                                      int64_t rec_stride, int64_t n, cudaStream_t stream = nullptr) {
-  const DeviceCopy<uint16_t> src(rows);
-  const DeviceCopy<uint8_t> dst(std::vector<uint8_t>(n * rec_stride, 0xAB));
+  const DeviceBuffer<uint16_t> src = to_device(rows);
+  const DeviceBuffer<uint8_t> dst = to_device(std::vector<uint8_t>(n * rec_stride, 0xAB));
   flashmla::quantize_kv_fp8(src.get(), row_stride, dst.get(), rec_stride, n, stream);
   ck(cudaStreamSynchronize(stream), "quantize_kv_fp8");
   return dst.download();
@@ -368,8 +314,8 @@ std::vector<uint8_t> quantize_on_gpu(const std::vector<uint16_t>& rows, int64_t 
 
 std::vector<uint16_t> dequantize_on_gpu(const std::vector<uint8_t>& recs, int64_t rec_stride,
                                         int64_t row_stride, int64_t n) {
-  const DeviceCopy<uint8_t> src(recs);
-  const DeviceCopy<uint16_t> dst(std::vector<uint16_t>(n * row_stride, 0xCDEF));
+  const DeviceBuffer<uint8_t> src = to_device(recs);
+  const DeviceBuffer<uint16_t> dst = to_device(std::vector<uint16_t>(n * row_stride, 0xCDEF));
   flashmla::dequantize_kv_fp8(src.get(), rec_stride, dst.get(), row_stride, n, nullptr);
   ck(cudaDeviceSynchronize(), "dequantize_kv_fp8");
   return dst.download();

@@ -14,7 +14,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
 #include <limits>
 #include <numeric>
 #include <ostream>
@@ -24,6 +23,7 @@
 #include <vector>
 
 #include "flashmla/flashmla.h"
+#include "gpu_test_util.h"
 #include "reference/bf16.h"
 #include "reference/reference_cpu.h"
 #include "scheduler/plan.h"
@@ -33,43 +33,13 @@ namespace {
 using flashmla::reference::bf16_to_float;
 using flashmla::reference::float_to_bf16;
 using flashmla::reference::kBF16QuietNaN;
+using flashmla::test::ck;
+using flashmla::test::DeviceBuffer;
+using flashmla::test::GpuTest;
+using flashmla::test::to_device;
 
 constexpr int kD = 576, kDv = 512;
 constexpr int32_t kUnusedPage = 0x7fffffff;
-
-void ck(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-}
-
-// Empty string if the tests can run, else why not.
-std::string gpu_unavailable_reason() {
-  static const std::string reason = [] {
-    int n = 0;
-    const cudaError_t err = cudaGetDeviceCount(&n);
-    if (err != cudaSuccess) {
-      (void)cudaGetLastError();
-      return std::string("no CUDA device (cudaGetDeviceCount: ") + cudaGetErrorString(err) + ")";
-    }
-    if (n == 0) return std::string("no CUDA device (cudaGetDeviceCount returned 0)");
-    cudaDeviceProp prop{};
-    if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return std::string("cudaGetDeviceProperties failed");
-    if (prop.major != 9 || prop.minor != 0)
-      return "kernels are built for sm_90a, device 0 is sm_" + std::to_string(prop.major * 10 + prop.minor);
-    return std::string();
-  }();
-  return reason;
-}
-
-class GpuTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    const std::string why = gpu_unavailable_reason();
-    if (!why.empty()) {
-      std::printf("skipping: %s\n", why.c_str());
-      GTEST_SKIP() << why;
-    }
-  }
-};
 
 int device_sms() {
   int dev = 0, sms = 0;
@@ -77,39 +47,6 @@ int device_sms() {
   ck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
   return sms;
 }
-
-template <class T>
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(size_t n) : n_(n) { ck(cudaMalloc(reinterpret_cast<void**>(&ptr_), std::max<size_t>(n, 1) * sizeof(T)), "cudaMalloc"); }
-  ~DeviceBuffer() {
-    if (ptr_) cudaFree(ptr_);
-  }
-  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), n_(o.n_) { o.ptr_ = nullptr; }
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
-    std::swap(ptr_, o.ptr_);
-    std::swap(n_, o.n_);
-    return *this;
-  }
-  T* get() const { return ptr_; }
-  size_t size() const { return n_; }
-  void upload(const std::vector<T>& h) {
-    if (h.size() != n_) throw std::runtime_error("upload: size mismatch");
-    ck(cudaMemcpy(ptr_, h.data(), n_ * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy H2D");
-  }
-  std::vector<T> download() const {
-    std::vector<T> h(n_);
-    ck(cudaMemcpy(h.data(), ptr_, n_ * sizeof(T), cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
-    return h;
-  }
-  // All-ones bytes are a NaN in bf16 and fp32, and -1 as int32.
-  void poison(cudaStream_t s) { ck(cudaMemsetAsync(ptr_, 0xff, n_ * sizeof(T), s), "cudaMemsetAsync"); }
-
- private:
-  T* ptr_ = nullptr;
-  size_t n_ = 0;
-};
 
 struct Shape {
   int b = 1, s_q = 1, h_q = 16, h_kv = 1;
@@ -401,16 +338,7 @@ void PrintTo(const MatrixCase& c, std::ostream* os) {
   *os << "h_q=" << c.h_q << " s_q=" << c.s_q << " h_kv=" << c.h_kv << (c.causal ? " causal" : "");
 }
 
-class GpuMatrix : public ::testing::TestWithParam<MatrixCase> {
- protected:
-  void SetUp() override {
-    const std::string why = gpu_unavailable_reason();
-    if (!why.empty()) {
-      std::printf("skipping: %s\n", why.c_str());
-      GTEST_SKIP() << why;
-    }
-  }
-};
+class GpuMatrix : public GpuTest, public ::testing::WithParamInterface<MatrixCase> {};
 
 TEST_P(GpuMatrix, VarlenBatchMatchesCpu) {
   const MatrixCase c = GetParam();
@@ -718,8 +646,7 @@ Fp8Cache make_fp8_cache(const Problem& h, int64_t record_stride, cudaStream_t st
   f.head_stride = record_stride;
   f.row_stride = h_kv * record_stride;
   f.block_stride = page * f.row_stride;
-  DeviceBuffer<uint16_t> src(h.k.size());  // dense bf16 [num_blocks, page, h_kv, 576]
-  src.upload(h.k);
+  const DeviceBuffer<uint16_t> src = to_device(h.k);  // dense bf16 [num_blocks, page, h_kv, 576]
   f.records = DeviceBuffer<uint8_t>(static_cast<size_t>(f.n_tokens * record_stride));
   f.records.poison(stream);  // padding between records stays 0xFF
   flashmla::quantize_kv_fp8(src.get(), kD, f.records.get(), record_stride, f.n_tokens, stream);

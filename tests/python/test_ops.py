@@ -171,18 +171,33 @@ def test_metadata_shapes():
         assert s[2] == s[1], "an empty sequence has no split"
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_cuda_graph_replay_with_new_inputs(dtype):
+# Cache kinds of the graph-replay test: id -> (dtype of q and of a 16-bit cache,
+# is_fp8_kvcache: FP8-with-scale records from ref.make_fp8_kv_cache instead).
+GRAPH_KV_KINDS = {
+    "bf16": (torch.bfloat16, False),
+    "fp16": (torch.float16, False),
+    "fp8": (torch.bfloat16, True),
+}
+
+
+@pytest.mark.parametrize("kind", list(GRAPH_KV_KINDS))
+def test_cuda_graph_replay_with_new_inputs(kind):
     # An engine's step: metadata once, then every layer; captured once, replayed with new
-    # lengths, new page tables and new contents written into the same buffers.
+    # lengths, new page tables and new contents written into the same buffers (FP8 records
+    # are copied in as bytes).
+    dtype, fp8 = GRAPH_KV_KINDS[kind]
     b, s_q, h_q, h_kv, layers = 8, 2, 64, 1, 3
     max_blocks, num_blocks = 40, 8 * 40
     rows = s_q * h_q // h_kv
 
+    def make_kv(table, seqlens):
+        if fp8:
+            return ref.make_fp8_kv_cache(num_blocks, h_kv, table, seqlens)
+        return ref.make_kv_cache(num_blocks, h_kv, table, seqlens, dtype=dtype)
+
     def inputs(seqlens):
         table, _ = ref.make_block_table(seqlens, max_blocks=max_blocks, num_blocks=num_blocks)
-        kvs = [ref.make_kv_cache(num_blocks, h_kv, table, seqlens, dtype=dtype)
-               for _ in range(layers)]
+        kvs = [make_kv(table, seqlens) for _ in range(layers)]
         qs = [ref.make_q(b, s_q, h_q, dtype=dtype) for _ in range(layers)]
         lens = torch.tensor(seqlens, dtype=torch.int32, device="cuda")
         return qs, kvs, table, lens
@@ -193,7 +208,7 @@ def test_cuda_graph_replay_with_new_inputs(dtype):
     def step():
         meta, splits = get_mla_metadata(lens, rows, h_kv)
         return [flash_mla_with_kvcache(qs[i], kvs[i], table, lens, ref.HEAD_DIM_V, meta, splits,
-                                       causal=True) for i in range(layers)]
+                                       causal=True, is_fp8_kvcache=fp8) for i in range(layers)]
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -208,7 +223,10 @@ def test_cuda_graph_replay_with_new_inputs(dtype):
         new_qs, new_kvs, new_table, new_lens = inputs(seqlens)
         for i in range(layers):
             qs[i].copy_(new_qs[i])
-            kvs[i].copy_(new_kvs[i])
+            if fp8:
+                kvs[i].view(torch.uint8).copy_(new_kvs[i].view(torch.uint8))
+            else:
+                kvs[i].copy_(new_kvs[i])
         table.copy_(new_table)
         lens.copy_(new_lens)
         graph.replay()
@@ -687,50 +705,6 @@ def test_fp8_conversion_bad_argument_raises_value_error(case):
     fn, make, name = CONVERSION_BAD_ARGS[case]
     with pytest.raises(ValueError, match=rf"\b{name}\b"):
         getattr(flash_mla, fn)(make().cuda())
-
-
-def test_fp8_cuda_graph_replay_with_new_inputs():
-    # As test_cuda_graph_replay_with_new_inputs, with FP8 caches: captured once, replayed with
-    # new lengths, page tables and records copied into the same buffers.
-    b, s_q, h_q, h_kv, layers = 8, 2, 64, 1, 3
-    max_blocks, num_blocks = 40, 8 * 40
-    rows = s_q * h_q // h_kv
-
-    def inputs(seqlens):
-        table, _ = ref.make_block_table(seqlens, max_blocks=max_blocks, num_blocks=num_blocks)
-        kvs = [ref.make_fp8_kv_cache(num_blocks, h_kv, table, seqlens) for _ in range(layers)]
-        qs = [ref.make_q(b, s_q, h_q) for _ in range(layers)]
-        lens = torch.tensor(seqlens, dtype=torch.int32, device="cuda")
-        return qs, kvs, table, lens
-
-    first = [100, 2000, 1, 64, 0, 777, 2500, 65]
-    qs, kvs, table, lens = inputs(first)
-
-    def step():
-        meta, splits = get_mla_metadata(lens, rows, h_kv)
-        return [flash_mla_with_kvcache(qs[i], kvs[i], table, lens, ref.HEAD_DIM_V, meta, splits,
-                                       causal=True, is_fp8_kvcache=True) for i in range(layers)]
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up off the default stream, as torch recommends
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outs = step()
-
-    for seqlens in (first, [2559, 0, 3, 1000, 64, 1, 128, 2048], [0] * 8, [1] * 8):
-        new_qs, new_kvs, new_table, new_lens = inputs(seqlens)
-        for i in range(layers):
-            qs[i].copy_(new_qs[i])
-            kvs[i].view(torch.uint8).copy_(new_kvs[i].view(torch.uint8))
-        table.copy_(new_table)
-        lens.copy_(new_lens)
-        graph.replay()
-        torch.cuda.synchronize()
-        for i in range(layers):
-            _assert_matches(*outs[i], qs[i], kvs[i], table, seqlens, causal=True)
 
 
 def test_fp8_opcheck_fake_kernels():
