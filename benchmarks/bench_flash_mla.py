@@ -23,11 +23,14 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
-PEAK_BYTES_PER_S = 2968e9
-PEAK_FLOPS_PER_S = 789e12
+# The H100 ceilings measured for the project; FLASHMLA_PEAK_GBPS / FLASHMLA_PEAK_TFLOPS replace
+# them with the card's own (build/bench_ceilings), as bench_decode does.
+PEAK_BYTES_PER_S = float(os.environ.get("FLASHMLA_PEAK_GBPS") or 2968) * 1e9
+PEAK_FLOPS_PER_S = float(os.environ.get("FLASHMLA_PEAK_TFLOPS") or 789) * 1e12
 TARGET_FACTOR, TARGET_SLACK_US = 1.3, 5.0
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,8 +2,13 @@
 // n >= 2 pieces, weighting each piece by its softmax denominator (its LSE). Also writes the
 // empty-row result (out = 0, lse = +inf) for sequences with no piece at all (n == 0).
 //
-// One CTA per (sequence, kv head, query row); 128 threads, thread t owns output columns
-// 4t .. 4t+3 and reads them from every partial as one float4.
+// One CTA per (sequence, kv head, query row), and per quarter of the 512 output columns when
+// the sequences are split many ways (num_sm_parts >= 8 * batch): then lane l of each warp owns
+// columns 4l .. 4l+3 of the CTA's 128 and warp w takes the partials w, w + 4, ..., their sums
+// added through shared memory, so a row split n ways costs n / 32 rounds of 8 overlapped
+// float4 loads per thread instead of n / 8 (b=1, s_k=8k: 20.4 -> 15.0 us per call). Otherwise
+// warp w owns columns 128 w .. and every thread reads every partial (4x fewer CTAs, each
+// redoing the LSE reductions, is cheaper when each row has only a few partials).
 #include "element.cuh"
 
 #include <cmath>
@@ -17,7 +22,7 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kColsPerThread = 4;
-static_assert(kThreads * kColsPerThread == kHeadDimV, "one float4 of columns per thread");
+constexpr int kColsPerWarp = 32 * kColsPerThread;
 constexpr int kMaxStagedSplits = 256;  // partial weights staged in shared memory per pass
 constexpr float kLn2 = 0.69314718055994530942f;
 
@@ -41,10 +46,15 @@ __device__ float block_reduce(float v, float* scratch, Op op) {
   return v;
 }
 
-template <typename T>
+// kChunks = 4: a CTA covers 128 columns, its warps split the partials (rows split many ways);
+// kChunks = 1: a CTA covers all 512, warp w columns 128 w .. (many rows, few splits each,
+// where 4x the CTAs, each redoing the LSE reductions, cost more than the shorter chains).
+template <typename T, int kChunks>
 __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams p) {
+  constexpr int kPartialWarps = kChunks == 1 ? 1 : kWarps;  // warps sharing one column set
   __shared__ float s_scratch[kWarps];
   __shared__ float s_weight[kMaxStagedSplits];
+  __shared__ float4 s_sum[kWarps - 1][32];
 
   const int b = blockIdx.x;
   const int h_per = p.num_heads_q / p.num_heads_kv;
@@ -54,20 +64,22 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
   const int r = row % rows;
   const int s = r / h_per;
   const int h = g * h_per + r % h_per;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int col = (kChunks == 1 ? warp : blockIdx.z) * kColsPerWarp + kColsPerThread * lane;
+  const int part_warp = kChunks == 1 ? 0 : warp;  // this warp's first partial
 
   const int first = p.num_splits[b];
   const int n = p.num_splits[b + 1] - first;
   if (n == 1) return;  // the decode kernel wrote out and lse itself
 
   auto* out = static_cast<T*>(p.out) + b * p.o_batch_stride + s * p.o_seq_stride +
-              h * p.o_head_stride + kColsPerThread * threadIdx.x;
+              h * p.o_head_stride + col;
   float* lse = p.lse + (static_cast<int64_t>(b) * p.num_heads_q + h) * p.seqlen_q + s;
 
   // Partial i of this row sits at index (first + i) * h_kv * rows + row.
   const int64_t split_stride = static_cast<int64_t>(p.num_heads_kv) * rows;
   const float* lse2 = p.lse_accum + first * split_stride + row;
-  const float* o_part = p.o_accum + (first * split_stride + row) * kHeadDimV +
-                        kColsPerThread * threadIdx.x;
+  const float* o_part = p.o_accum + (first * split_stride + row) * kHeadDimV + col;
 
   // Largest partial LSE (log2 domain); -inf when no piece saw a key, or when n == 0.
   float m = -INFINITY;
@@ -108,23 +120,38 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
         return *reinterpret_cast<const float4*>(o_part + (base + i) * split_stride * kHeadDimV);
       };
       constexpr int kInFlight = 8;
-      int i = 0;
-      for (; i + kInFlight <= count; i += kInFlight) {
+      constexpr int kStep = kPartialWarps;
+      int i = part_warp;
+      for (; i + (kInFlight - 1) * kStep < count; i += kInFlight * kStep) {
         float4 o[kInFlight];
 #pragma unroll
-        for (int k = 0; k < kInFlight; ++k) o[k] = partial(i + k);
+        for (int k = 0; k < kInFlight; ++k) o[k] = partial(i + k * kStep);
 #pragma unroll
-        for (int k = 0; k < kInFlight; ++k) accumulate(s_weight[i + k], o[k]);
+        for (int k = 0; k < kInFlight; ++k) accumulate(s_weight[i + k * kStep], o[k]);
       }
-      for (; i < count; ++i) accumulate(s_weight[i], partial(i));
+      for (; i < count; i += kStep) accumulate(s_weight[i], partial(i));
       __syncthreads();  // s_weight is overwritten by the next chunk
+    }
+    if (kChunks > 1 && warp > 0) {
+      s_sum[warp - 1][lane] = make_float4(result[0], result[1], result[2], result[3]);
+    }
+    __syncthreads();
+    if (kChunks > 1 && warp == 0) {
+      for (int w = 0; w < kWarps - 1; ++w) {
+        const float4 v = s_sum[w][lane];
+        result[0] += v.x;
+        result[1] += v.y;
+        result[2] += v.z;
+        result[3] += v.w;
+      }
     }
     lse_out = total * kLn2;
   }
 
+  if (kChunks > 1 && warp != 0) return;
   // Scalar stores: they assume nothing about the alignment of the out strides.
   for (int c = 0; c < kColsPerThread; ++c) out[c] = ElementOps<T>::from_float(result[c]);
-  if (threadIdx.x == 0) *lse = lse_out;
+  if (threadIdx.x == 0 && blockIdx.z == 0) *lse = lse_out;
 }
 
 }  // namespace
@@ -136,9 +163,18 @@ void launch_combine(const MlaDecodeParams& p, cudaStream_t stream) {
     throw Error("combine: seqlen_q * num_heads_q must be <= 65535 (grid.y), got " +
                 std::to_string(rows_all));
   }
-  const dim3 grid(static_cast<unsigned>(p.batch), static_cast<unsigned>(rows_all));
+  // Sequences get about num_sm_parts / batch pieces each (decided from shapes alone, so the
+  // choice is the same under graph capture): split the columns when that is many.
+  const bool many_splits = p.num_sm_parts >= 8 * p.batch;
+  const int chunks = many_splits ? kHeadDimV / kColsPerWarp : 1;
+  const dim3 grid(static_cast<unsigned>(p.batch), static_cast<unsigned>(rows_all), chunks);
   dispatch_element(p.dtype, [&](auto element) {
-    combine_kernel<decltype(element)><<<grid, kThreads, 0, stream>>>(p);
+    using T = decltype(element);
+    if (many_splits) {
+      combine_kernel<T, kHeadDimV / kColsPerWarp><<<grid, kThreads, 0, stream>>>(p);
+    } else {
+      combine_kernel<T, 1><<<grid, kThreads, 0, stream>>>(p);
+    }
   });
   check_cuda(cudaGetLastError(), "combine_kernel launch");
 }

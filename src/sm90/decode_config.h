@@ -14,37 +14,44 @@ constexpr int kSubCols = 64;          // columns per 128-byte-swizzled sub-tile 
 constexpr int kSubTiles = kHeadDim / kSubCols;  // 9
 constexpr int kSubTileBytes = kBlockN * kSubCols * 2;  // 8 KiB: one TMA box
 constexpr int kTileBytes = kSubTiles * kSubTileBytes;  // 72 KiB per KV tile
-constexpr int kStages = 2;            // KV ring depth: Q + 2 tiles + P fill the 227 KiB
+constexpr int kStages = 2;            // KV ring depth: Q + 2 tiles fill the 227 KiB
 
-// Warpgroup roles: WG0 produces (one thread issues TMA), WG1 and WG2 compute. Each math
-// warpgroup owns half of the 64 tokens of a tile for S = QK^T and half of the 512 output
-// columns for O += PV, so no matrix work is duplicated and O costs 128 registers/thread.
+// Warpgroup roles: WG0 produces (TMA, or a cp.async gather / FP8 expansion), WG1 and WG2
+// compute. The math warpgroups take the tiles of a sequence piece in pairs, each computing S
+// and the softmax of its own tile of the pair, and each owning half of the 512 output columns
+// for every tile, so no matrix work is duplicated and O costs 128 registers/thread
+// (decode_math.cuh).
 constexpr int kThreads = 384;
 constexpr int kMathThreads = 256;
-constexpr int kTokensPerMathWG = kBlockN / 2;   // 32
 constexpr int kColsPerMathWG = kHeadDimV / 2;   // 256
 constexpr int kProducerRegs = 40;
 constexpr int kMathRegs = 232;  // 128 * 40 + 256 * 232 <= 65536
 
-// Named barriers among the 256 math threads (id 0 is __syncthreads). Each name says the
-// state that holds once every math thread has arrived.
+// Named barriers among the math threads (id 0 is __syncthreads, 6 the producer warpgroup's).
+// Each name says the state that holds once every thread that waits on it may go on.
 enum class MathBarrier : int {
   kQReady = 1,           // the sequence's Q tile is in sQ (and the previous one is unused)
-  kTileSanitized = 2,    // rows past the sequence end of the current KV tile are zeroed
-  kRowMaxPublished = 3,  // both halves' row maxima of the current tile are in sRowMax
-  kPReady = 4,           // the full 64x64 P tile is in sP
-  kRowSumPublished = 5,  // both halves' row sums are in sRowSum
+  kRowSumPublished = 5,  // both warpgroups' row sums are in row_sum
+  // The owner of a tile arrives, the other warpgroup waits; indexed by the tile's stage.
+  kPTileReady = 7,       // P of the stage's tile is in its RoPE sub-tile, its max and alpha in
+                         // row_max/alpha[stage] (ids 7, 8)
+  // One warpgroup alone (128 threads): kTailZeroed + warpgroup.
+  kTailZeroed = 9,       // the rows past the sequence end of its tile are zeroed (ids 9, 10)
 };
 
 struct alignas(1024) SharedStorage {
   // 16-bit elements (BF16 or FP16: the layout does not depend on which).
   uint16_t q[kSubTiles][kBlockM * kSubCols];           // 72 KiB, 128B-swizzled, K-major
-  uint16_t kv[kStages][kSubTiles][kBlockN * kSubCols];  // 144 KiB, as TMA writes them
-  uint16_t p[kBlockM * kBlockN];                        // 8 KiB, 128B-swizzled, K-major
-  float row_max[2][kBlockM];
-  float row_sum[2][kBlockM];
-  uint64_t full[kStages];   // TMA bytes of a stage landed
-  uint64_t empty[kStages];  // both math warpgroups finished reading a stage
+  // 144 KiB, as TMA writes them. Sub-tile 8 (RoPE) holds P of its tile once S is done.
+  uint16_t kv[kStages][kSubTiles][kBlockN * kSubCols];
+  float row_max[kStages][kBlockM];  // the running max after the stage's tile (log2 domain)
+  float alpha[kStages][kBlockM];    // exp2(previous max - that max): O's rescale factor
+  float row_sum[2][kBlockM];        // per math warpgroup, at the end of a sequence piece
+  // One per sub-tile, so S can start on the first 64 columns while the rest land.
+  uint64_t full[kStages][kSubTiles];
+  // Math warpgroup w is done with the stage: w's PV columns (sub-tiles 4w..4w+3) may be
+  // refilled; the RoPE sub-tile (P) and the rest of the stage when both are.
+  uint64_t empty[kStages][2];
   uint64_t staged[kStages];  // FP8: a stage's raw records landed, ready to expand
 };
 

@@ -1,0 +1,233 @@
+// Pieces of the sm90 decode kernel that the producers and the math share: the walk over a
+// scheduler part's tiles, the stage-ring helpers, the swizzle of a 64x64 sub-tile, Q loading,
+// tail zeroing, the softmax helpers and the epilogue.
+#pragma once
+
+#include <cuda.h>
+
+#include <cstdint>
+
+#include "flashmla/flashmla.h"
+#include "scheduler/plan.h"
+#include "sm90/decode_config.h"
+#include "sm90/ptx.cuh"
+#include "element.cuh"
+
+namespace flashmla::sm90 {
+
+__device__ __forceinline__ void math_sync(MathBarrier b) {
+  named_barrier_sync(static_cast<int>(b), kMathThreads);
+}
+
+// Byte offset of element (row, col) inside a 64x64 16-bit sub-tile stored 128B-swizzled:
+// the 16-byte chunk index is XORed with row % 8, the pattern TMA's SWIZZLE_128B writes and
+// wgmma's 128B descriptor mode reads.
+__device__ __forceinline__ uint32_t swizzled_offset(int row, int col) {
+  return row * 128 + ((((col * 2) >> 4) ^ (row & 7)) << 4) + ((col * 2) & 15);
+}
+
+// Iterates the (sequence, block range) pieces of one scheduler part, in order. The producer
+// and both math warpgroups run the same walk, so they agree on every tile without talking.
+struct PartWalk {
+  int batch_begin, block_begin, batch_end, block_end, split_begin;
+  __device__ explicit PartWalk(const int32_t* meta)
+      : batch_begin(meta[kMetaBeginBatch]),
+        block_begin(meta[kMetaBeginBlock]),
+        batch_end(meta[kMetaEndBatch]),
+        block_end(meta[kMetaEndBlock]),
+        split_begin(meta[kMetaBeginSplit]) {}
+  __device__ int lo(int i) const { return i == batch_begin ? block_begin : 0; }
+  __device__ int hi(int i, int nblocks) const { return i == batch_end ? block_end : nblocks; }
+};
+
+// The tiles of a part in walk order, as a cursor: the producers' loop (the FP8 one also keeps
+// a second cursor one tile ahead).
+struct TileCursor {
+  int i, blk, end, seqlen;
+  __device__ TileCursor(const MlaDecodeParams& p, const PartWalk& walk) : i(walk.batch_begin) {
+    settle(p, walk);
+  }
+  __device__ bool valid(const MlaDecodeParams& p, const PartWalk& walk) const {
+    return i <= walk.batch_end && i < p.batch;
+  }
+  __device__ const int32_t* table(const MlaDecodeParams& p) const {
+    return p.block_table + static_cast<int64_t>(i) * p.block_table_batch_stride;
+  }
+  __device__ void advance(const MlaDecodeParams& p, const PartWalk& walk) {
+    if (++blk < end) return;
+    ++i;
+    settle(p, walk);
+  }
+
+ private:
+  __device__ void settle(const MlaDecodeParams& p, const PartWalk& walk) {  // skip empty pieces
+    for (; valid(p, walk); ++i) {
+      seqlen = p.cache_seqlens[i];
+      blk = walk.lo(i);
+      end = walk.hi(i, num_kv_blocks(seqlen));
+      if (blk < end) return;
+    }
+  }
+};
+
+// Page sizes: a 64-token tile is one box per 64x64 sub-tile when a page holds >= 64 tokens,
+// 64/page boxes per sub-tile for 16- and 32-token pages (each lands 1024-byte aligned, so the
+// 128B swizzle pattern is the one a 64-row box would have written), and a cp.async gather by
+// the whole producer warpgroup below 16 tokens, where TMA would issue up to 576 tiny boxes.
+constexpr int kMinTmaPage = 16;
+
+__device__ __forceinline__ int log2_pow2(int x) { return __ffs(x) - 1; }
+
+// Use `use` of a stage (the iter-th tile of the part lands in stage iter % kStages) may be
+// filled once both math warpgroups released use - 1 (phase parity below); the first kStages
+// uses find it empty.
+__device__ __forceinline__ uint32_t empty_parity(int iter) { return ((iter / kStages) + 1) & 1; }
+__device__ __forceinline__ void wait_stage_free(SharedStorage& s, int iter) {
+  if (iter < kStages) return;
+  mbar_wait(&s.empty[iter % kStages][0], empty_parity(iter));
+  mbar_wait(&s.empty[iter % kStages][1], empty_parity(iter));
+}
+__device__ __forceinline__ bool stage_free(SharedStorage& s, int iter) {
+  return iter < kStages || (mbar_test(&s.empty[iter % kStages][0], empty_parity(iter)) &&
+                            mbar_test(&s.empty[iter % kStages][1], empty_parity(iter)));
+}
+// Producers that fill a stage as a whole (gather, FP8) complete all its sub-tile barriers.
+__device__ __forceinline__ void arrive_all_sub_tiles(SharedStorage& s, int stage) {
+#pragma unroll
+  for (int t = 0; t < kSubTiles; ++t) mbar_arrive(&s.full[stage][t]);
+}
+
+constexpr int kProducerThreads = 128;
+constexpr int kProducerWarps = 4;
+
+// Q rows [m_tile*64, +64) of kv head `kv_head` of sequence i into sQ, zero-padded. cp.async
+// keeps all 18 loads of a thread in flight at once: a load-then-store loop waited for each
+// 16 bytes in turn (a few microseconds per sequence piece, visible in ncu as L1TEX stalls).
+// The caller waits (cp_async_wait_all) and fences before the Q-ready barrier.
+__device__ __forceinline__ void load_q(const MlaDecodeParams& p, SharedStorage& s, int i,
+                                       int kv_head, int m_tile, int math_tid) {
+  const int heads_per_kv = p.num_heads_q / p.num_heads_kv;
+  const int rows = p.seqlen_q * heads_per_kv;
+  const auto* q = static_cast<const uint16_t*>(p.q);  // moved as raw 16-byte chunks
+  constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
+  for (int c = math_tid; c < kBlockM * kChunksPerRow; c += kMathThreads) {
+    const int row = c / kChunksPerRow, chunk = c % kChunksPerRow;
+    const int r = m_tile * kBlockM + row;
+    char* dst = reinterpret_cast<char*>(s.q[chunk / 8]) + swizzled_offset(row, (chunk % 8) * 8);
+    if (r < rows) {
+      const int sq = r / heads_per_kv, h = kv_head * heads_per_kv + r % heads_per_kv;
+      cp_async_16(dst, q + i * p.q_batch_stride + sq * p.q_seq_stride + h * p.q_head_stride +
+                           chunk * 8);
+    } else {
+      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+    }
+  }
+  cp_async_wait_all();
+}
+
+// Rows [valid, 64) of a KV tile are past the sequence end: their memory may hold anything,
+// NaN included, and 0 * NaN would poison O. Zero them before any wgmma reads the tile.
+__device__ __forceinline__ void sanitize_tail(SharedStorage& s, int stage, int valid,
+                                              int tid, int threads = kMathThreads) {
+  const int chunks = (kBlockN - valid) * 8 * kSubTiles;  // 16-byte chunks, 8 per 128 B row
+  for (int c = tid; c < chunks; c += threads) {
+    const int t = c % kSubTiles, rest = c / kSubTiles;
+    const int row = valid + rest / 8, chunk = rest % 8;
+    char* sub = reinterpret_cast<char*>(s.kv[stage][t]);
+    *reinterpret_cast<uint4*>(sub + row * 128 + chunk * 16) = make_uint4(0, 0, 0, 0);
+  }
+}
+
+// 2^x on the SFU; -inf gives +0. The scores are bounded, so the approximation's relative
+// error (~2^-22) is far below the 16-bit rounding of P.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffff, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffff, x, 1);
+  return x + __shfl_xor_sync(0xffffffff, x, 2);
+}
+
+// Epilogue of a sequence piece: combine the two warpgroups' row
+// sums, normalise this warpgroup's 256 columns of O and write them (final output when the
+// sequence has one piece, else the split workspace for the combine kernel).
+template <typename T>
+__device__ __forceinline__ void write_output(const MlaDecodeParams& p, SharedStorage& s,
+                                             const PartWalk& walk, int i, int kv_head, int m_tile,
+                                             int math_tid, const float (&o)[128], float m0,
+                                             float m1, float l0, float l1) {
+  const int wg = math_tid / 128;
+  const int lane = math_tid % 32;
+  const int row0 = ((math_tid % 128) / 32) * 16 + lane / 4, row1 = row0 + 8;
+  const int quad = lane % 4;
+  const int heads_per_kv = p.num_heads_q / p.num_heads_kv;
+  const int rows = p.seqlen_q * heads_per_kv;
+  l0 = quad_sum(l0);
+  l1 = quad_sum(l1);
+  if (quad == 0) {
+    s.row_sum[wg][row0] = l0;
+    s.row_sum[wg][row1] = l1;
+  }
+  math_sync(MathBarrier::kRowSumPublished);
+  const float tot0 = s.row_sum[0][row0] + s.row_sum[1][row0];
+  const float tot1 = s.row_sum[0][row1] + s.row_sum[1][row1];
+  const float inv0 = tot0 > 0.f ? 1.f / tot0 : 0.f;
+  const float inv1 = tot1 > 0.f ? 1.f / tot1 : 0.f;
+  const float lse2_0 = tot0 > 0.f ? m0 + __log2f(tot0) : -INFINITY;
+  const float lse2_1 = tot1 > 0.f ? m1 + __log2f(tot1) : -INFINITY;
+
+  const int n_splits = p.num_splits[i + 1] - p.num_splits[i];
+  const int split = p.num_splits[i] + (i == walk.batch_begin ? walk.split_begin : 0);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = half ? row1 : row0;
+    const int r = m_tile * kBlockM + row;
+    if (r >= rows) continue;
+    const float inv = half ? inv1 : inv0;
+    const float lse2 = half ? lse2_1 : lse2_0;
+    const int sq = r / heads_per_kv, h = kv_head * heads_per_kv + r % heads_per_kv;
+    if (n_splits == 1) {
+      auto* out = static_cast<T*>(p.out) + i * p.o_batch_stride + sq * p.o_seq_stride +
+                  h * p.o_head_stride + wg * kColsPerMathWG;
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        *reinterpret_cast<typename ElementOps<T>::Pair*>(out + j * 8 + quad * 2) =
+            ElementOps<T>::pack(o[j * 4 + half * 2] * inv, o[j * 4 + half * 2 + 1] * inv);
+      }
+      if (wg == 0 && quad == 0) {
+        p.lse[(static_cast<int64_t>(i) * p.num_heads_q + h) * p.seqlen_q + sq] =
+            lse2 == -INFINITY ? INFINITY : lse2 * 0.6931471805599453f;
+      }
+    } else {
+      const int64_t idx = (static_cast<int64_t>(split) * p.num_heads_kv + kv_head) * rows + r;
+      float* oa = p.o_accum + idx * kHeadDimV + wg * kColsPerMathWG;
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        *reinterpret_cast<float2*>(oa + j * 8 + quad * 2) =
+            make_float2(o[j * 4 + half * 2] * inv, o[j * 4 + half * 2 + 1] * inv);
+      }
+      if (wg == 0 && quad == 0) p.lse_accum[idx] = lse2;
+    }
+  }
+}
+
+// Visible-key limit (exclusive) of accumulator row `row` of query tile m_tile. Causal: query
+// token sq sees L - s_q + sq + 1 keys.
+__device__ __forceinline__ int row_limit(const MlaDecodeParams& p, int seqlen, int m_tile,
+                                         int row) {
+  const int heads_per_kv = p.num_heads_q / p.num_heads_kv;
+  const int rows = p.seqlen_q * heads_per_kv;
+  const int r = m_tile * kBlockM + row;
+  if (!p.causal) return seqlen;
+  const int sq = (r < rows ? r : rows - 1) / heads_per_kv;
+  return seqlen - p.seqlen_q + sq + 1;
+}
+
+}  // namespace flashmla::sm90
