@@ -128,7 +128,7 @@ __device__ __forceinline__ void load_q(const MlaDecodeParams& p, SharedStorage& 
 // Rows [valid, 64) of a KV tile are past the sequence end: their memory may hold anything,
 // NaN included, and 0 * NaN would poison O. Zero them before any wgmma reads the tile.
 __device__ __forceinline__ void sanitize_tail(SharedStorage& s, int stage, int valid,
-                                              int tid, int threads = kMathThreads) {
+                                              int tid, int threads) {
   const int chunks = (kBlockN - valid) * 8 * kSubTiles;  // 16-byte chunks, 8 per 128 B row
   for (int c = tid; c < chunks; c += threads) {
     const int t = c % kSubTiles, rest = c / kSubTiles;
