@@ -7,6 +7,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <type_traits>
@@ -14,6 +15,7 @@
 #include "internal.h"
 #include "sm90/decode.h"
 #include "sm90/decode_kernel.cuh"
+#include "sm90/small_kernel.cuh"
 
 namespace flashmla::detail {
 namespace decode_launch {
@@ -82,6 +84,8 @@ sm90::KvMaps make_kv_maps(const MlaDecodeParams& p) {
     maps.fp8_rope = make_map(p, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, fp8::kRopeOffset,
                              kHeadDim - kHeadDimV, sm90::kSubCols, CU_TENSOR_MAP_SWIZZLE_128B,
                              "FP8 RoPE part");
+    maps.fp8_latent_sw128 = make_map(p, CU_TENSOR_MAP_DATA_TYPE_UINT8, 0, kHeadDimV, 128,
+                                     CU_TENSOR_MAP_SWIZZLE_128B, "FP8 latent bytes");
   } else {
     maps.kv = make_map(p,
                        std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
@@ -91,17 +95,42 @@ sm90::KvMaps make_kv_maps(const MlaDecodeParams& p) {
   return maps;
 }
 
+// The small-head kernel takes <= 16 query rows per kv head on pages of >= 16 tokens;
+// FLASHMLA_SMALL_HEADS=0 forces the wide kernel (A/B measurements).
+inline bool use_small_kernel(const MlaDecodeParams& p) {
+  static const bool enabled = [] {
+    const char* e = std::getenv("FLASHMLA_SMALL_HEADS");
+    return e == nullptr || std::string(e) != "0";
+  }();
+  const int rows = p.seqlen_q * (p.num_heads_q / p.num_heads_kv);
+  return enabled && rows <= sm90::kSmallRows && p.page_block_size >= sm90::kMinTmaPage;
+}
+
 }  // namespace decode_launch
 
 template <typename T>
 void launch_decode(const MlaDecodeParams& p, cudaStream_t stream) {
+  const sm90::KvMaps maps = decode_launch::make_kv_maps<T>(p);
+  if (decode_launch::use_small_kernel(p)) {
+    static std::once_flag small_once;
+    std::call_once(small_once, [] {
+      check_cuda(cudaFuncSetAttribute(sm90::mla_decode_small_kernel<T>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      sm90::kSmallSmemBytes),
+                 "cudaFuncSetAttribute(mla_decode_small_kernel)");
+    });
+    const dim3 grid(p.num_sm_parts, p.num_heads_kv, 1);
+    sm90::mla_decode_small_kernel<T><<<grid, sm90::kSmallThreads, sm90::kSmallSmemBytes, stream>>>(
+        p, maps, p.kv_format == KvFormat::kFP8WithScale ? sm90::kSmallFp8Staging : 0);
+    check_cuda(cudaGetLastError(), "mla_decode_small_kernel launch");
+    return;
+  }
   static std::once_flag attr_once;
   std::call_once(attr_once, [] {
     check_cuda(cudaFuncSetAttribute(sm90::mla_decode_kernel<T>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, sm90::kSmemBytes),
                "cudaFuncSetAttribute(mla_decode_kernel)");
   });
-  const sm90::KvMaps maps = decode_launch::make_kv_maps<T>(p);
   const int rows = p.seqlen_q * (p.num_heads_q / p.num_heads_kv);
   const dim3 grid(p.num_sm_parts, p.num_heads_kv, (rows + sm90::kBlockM - 1) / sm90::kBlockM);
   sm90::mla_decode_kernel<T><<<grid, sm90::kThreads, sm90::kSmemBytes, stream>>>(p, maps);

@@ -118,6 +118,7 @@ struct KvMaps {
   CUtensorMap kv;         // 16-bit cache, or the FP8 latent bytes
   CUtensorMap fp8_scale;
   CUtensorMap fp8_rope;
+  CUtensorMap fp8_latent_sw128;  // the latent bytes 128B-swizzled (small-head kernel staging)
 };
 
 __device__ __forceinline__ int opaque(int x) {
@@ -179,18 +180,18 @@ __device__ __forceinline__ void expand_fp8_tile(SharedStorage& s, int stage, int
   arrive_all_sub_tiles(s, stage);
 }
 
-// One thread: the TMA boxes of tile `tile` (the iter-th of the part) into its stage, per page
-// 4 latent slots, the scales and the RoPE, completing on staged[stage].
-__device__ __forceinline__ void issue_fp8_tile(const MlaDecodeParams& p, const KvMaps& maps,
-                                               SharedStorage& s, const TileCursor& tile, int iter,
-                                               int kv_head) {
-  const int stage = iter % kStages;
-  char* base = reinterpret_cast<char*>(s.kv[stage]);
+// One thread: the TMA boxes of an FP8 tile, per page 4 latent slots of 64 rows x 128 B (from
+// `latent_map`: the plain or the 128B-swizzled view), the scales (16 B per row) and, unless
+// `rope` is null, the RoPE (a 128B-swizzled bf16 sub-tile), all completing on `bar`.
+__device__ __forceinline__ void issue_fp8_boxes(const MlaDecodeParams& p, const CUtensorMap* latent_map,
+                                                const KvMaps& maps, const TileCursor& tile,
+                                                int kv_head, char* latent, char* scales,
+                                                void* rope, uint64_t* bar) {
   const int box_rows = p.page_block_size < kBlockN ? p.page_block_size : kBlockN;
   const int live = min(tile.seqlen - tile.blk * kBlockN, kBlockN);
   const int boxes = (live + box_rows - 1) / box_rows;
   const int32_t* table = tile.table(p);
-  mbar_expect_tx(&s.staged[stage], boxes * box_rows * (5 * 128 + 16));
+  mbar_expect_tx(bar, boxes * box_rows * ((rope ? 5 : 4) * 128 + 16));
 #pragma unroll 1
   for (int b = 0; b < boxes; ++b) {
     const int tok = tile.blk * kBlockN + b * box_rows;
@@ -198,13 +199,25 @@ __device__ __forceinline__ void issue_fp8_tile(const MlaDecodeParams& p, const K
     const int r = tok & (p.page_block_size - 1);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      tma_load_4d(base + kFp8StagingOffset + j * kFp8SlotBytes + b * box_rows * 128, &maps.kv,
-                  &s.staged[stage], j * 128, r, kv_head, page);
+      tma_load_4d(latent + j * kFp8SlotBytes + b * box_rows * 128, latent_map, bar, j * 128, r,
+                  kv_head, page);
     }
-    tma_load_4d(base + b * box_rows * 16, &maps.fp8_scale, &s.staged[stage], 0, r, kv_head, page);
-    tma_load_4d(s.kv[stage][kSubTiles - 1] + b * box_rows * kSubCols, &maps.fp8_rope,
-                &s.staged[stage], 0, r, kv_head, page);
+    tma_load_4d(scales + b * box_rows * 16, &maps.fp8_scale, bar, 0, r, kv_head, page);
+    if (rope) {
+      tma_load_4d(static_cast<char*>(rope) + b * box_rows * 128, &maps.fp8_rope, bar, 0, r,
+                  kv_head, page);
+    }
   }
+}
+
+// The tile `tile` (the iter-th of the part) into its stage, in the in-place staging layout.
+__device__ __forceinline__ void issue_fp8_tile(const MlaDecodeParams& p, const KvMaps& maps,
+                                               SharedStorage& s, const TileCursor& tile, int iter,
+                                               int kv_head) {
+  const int stage = iter % kStages;
+  char* base = reinterpret_cast<char*>(s.kv[stage]);
+  issue_fp8_boxes(p, &maps.kv, maps, tile, kv_head, base + kFp8StagingOffset, base,
+                  s.kv[stage][kSubTiles - 1], &s.staged[stage]);
 }
 
 // Pages of >= 16 tokens: thread 0 issues the TMA boxes one tile ahead (tile n+1 is requested
