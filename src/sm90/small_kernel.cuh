@@ -299,7 +299,9 @@ __device__ __forceinline__ void small_math(const MlaDecodeParams& p, SmallStorag
       float sc[8];
 #pragma unroll
       for (int e = 0; e < 8; ++e) sc[e] = (part[0][e] + part[1][e]) + (part[2][e] + part[3][e]);
-      if (tid == 0) mbar_arrive(&s.empty[slot[kSubTiles - 1]]);  // RoPE: read by S^T only
+      // RoPE: read by S^T only. No slot is ever released before its tile's S^T is complete:
+      // the expanders' two-wait argument (small_expand_fp8) relies on it.
+      if (tid == 0) mbar_arrive(&s.empty[slot[kSubTiles - 1]]);
 
       // Softmax down the token axis: per query row (column) the max over the tile's 64 tokens,
       // reduced over the lanes of a warp, then over the four warps through red_max.
