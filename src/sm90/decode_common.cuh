@@ -100,23 +100,27 @@ __device__ __forceinline__ void arrive_all_sub_tiles(SharedStorage& s, int stage
 constexpr int kProducerThreads = 128;
 constexpr int kProducerWarps = 4;
 
-// Q rows [m_tile*64, +64) of kv head `kv_head` of sequence i into sQ, zero-padded. cp.async
-// keeps all 18 loads of a thread in flight at once: a load-then-store loop waited for each
-// 16 bytes in turn (a few microseconds per sequence piece, visible in ncu as L1TEX stalls).
-// The caller waits (cp_async_wait_all) and fences before the Q-ready barrier.
-__device__ __forceinline__ void load_q(const MlaDecodeParams& p, SharedStorage& s, int i,
-                                       int kv_head, int m_tile, int math_tid) {
+// Q rows [row0, row0 + kRows) of kv head `kv_head` of sequence i into shared memory at `sq`:
+// nine 128B-swizzled sub-tiles of kRows x 64 (K-major), rows past the end zero-padded. Both
+// kernels use it (wide: 64 rows, small-head: 16). cp.async keeps all of a thread's loads in
+// flight at once: a load-then-store loop waited for each 16 bytes in turn (a few microseconds
+// per sequence piece, visible in ncu as L1TEX stalls). Waits for its copies; the caller fences
+// before its Q-ready barrier.
+template <int kRows, int kThreads>
+__device__ __forceinline__ void load_q(const MlaDecodeParams& p, uint16_t* sq, int i, int kv_head,
+                                       int row0, int tid) {
   const int heads_per_kv = p.num_heads_q / p.num_heads_kv;
   const int rows = p.seqlen_q * heads_per_kv;
   const auto* q = static_cast<const uint16_t*>(p.q);  // moved as raw 16-byte chunks
   constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
-  for (int c = math_tid; c < kBlockM * kChunksPerRow; c += kMathThreads) {
+  for (int c = tid; c < kRows * kChunksPerRow; c += kThreads) {
     const int row = c / kChunksPerRow, chunk = c % kChunksPerRow;
-    const int r = m_tile * kBlockM + row;
-    char* dst = reinterpret_cast<char*>(s.q[chunk / 8]) + swizzled_offset(row, (chunk % 8) * 8);
+    const int r = row0 + row;
+    char* dst = reinterpret_cast<char*>(sq + (chunk / 8) * kRows * kSubCols) +
+                swizzled_offset(row, (chunk % 8) * 8);
     if (r < rows) {
-      const int sq = r / heads_per_kv, h = kv_head * heads_per_kv + r % heads_per_kv;
-      cp_async_16(dst, q + i * p.q_batch_stride + sq * p.q_seq_stride + h * p.q_head_stride +
+      const int s_q = r / heads_per_kv, h = kv_head * heads_per_kv + r % heads_per_kv;
+      cp_async_16(dst, q + i * p.q_batch_stride + s_q * p.q_seq_stride + h * p.q_head_stride +
                            chunk * 8);
     } else {
       *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
@@ -124,6 +128,27 @@ __device__ __forceinline__ void load_q(const MlaDecodeParams& p, SharedStorage& 
   }
   cp_async_wait_all();
 }
+
+// The TMA boxes of a tile's live tokens (1 for pages >= 64 tokens, up to 4 for 16-token pages)
+// and their page ids, read by a producer before it waits for the stage or slot, so the
+// table latency hides behind the wait.
+struct TilePages {
+  int boxes;
+  int page[4];
+  __device__ TilePages(const MlaDecodeParams& p, const TileCursor& tile, int box_shift,
+                       int page_shift) {
+    const int32_t* table = tile.table(p);
+    const int live = min(tile.seqlen - tile.blk * kBlockN, kBlockN);
+    boxes = (live + (1 << box_shift) - 1) >> box_shift;
+#pragma unroll
+    for (int b = 0; b < 4; ++b)
+      page[b] = b < boxes ? table[(tile.blk * kBlockN + (b << box_shift)) >> page_shift] : 0;
+  }
+  // Box b's page, without dynamic indexing (which would put page[] in local memory).
+  __device__ int of(int b) const {
+    return b == 0 ? page[0] : b == 1 ? page[1] : b == 2 ? page[2] : page[3];
+  }
+};
 
 // Rows [valid, 64) of a KV tile are past the sequence end: their memory may hold anything,
 // NaN included, and 0 * NaN would poison O. Zero them before any wgmma reads the tile.

@@ -61,7 +61,7 @@ __device__ __forceinline__ void math_pingpong(const MlaDecodeParams& p, SharedSt
     const int limit0 = row_limit(p, seqlen, m_tile, row0);
     const int limit1 = row_limit(p, seqlen, m_tile, row1);
 
-    load_q(p, s, i, kv_head, m_tile, math_tid);
+    load_q<kBlockM, kMathThreads>(p, s.q[0], i, kv_head, m_tile * kBlockM, math_tid);
     fence_proxy_async();
     math_sync(MathBarrier::kQReady);
 

@@ -28,24 +28,16 @@ __device__ __forceinline__ void producer_tma(const MlaDecodeParams& p, const CUt
   int iter = 0;
   for (TileCursor tile(p, walk); tile.valid(p, walk); tile.advance(p, walk), ++iter) {
     const int stage = iter % kStages;
-    const int32_t* table = tile.table(p);
-    const int live = min(tile.seqlen - tile.blk * kBlockN, kBlockN);
-    const int boxes = (live + box_rows - 1) >> box_shift;  // 1; up to 4 for 16-token pages
-    // The page ids, read before the stage wait so their latency hides behind it.
-    int page[4];
-#pragma unroll
-    for (int b = 0; b < 4; ++b)
-      page[b] = b < boxes ? table[(tile.blk * kBlockN + b * box_rows) >> page_shift] : 0;
+    const TilePages pages(p, tile, box_shift, page_shift);  // before the stage wait
     // After the waits only shifts and masks: the refill is on the critical path of CTAs with
     // many tiles, and a runtime divisor here cost up to 20% at h_q = 128 (docs/perf-log.md v8).
     auto issue = [&](int t) {
-      mbar_expect_tx(&s.full[stage][t], boxes * box_rows * 128);
+      mbar_expect_tx(&s.full[stage][t], pages.boxes * box_rows * 128);
 #pragma unroll 1
-      for (int b = 0; b < boxes; ++b) {
+      for (int b = 0; b < pages.boxes; ++b) {
         const int tok = tile.blk * kBlockN + b * box_rows;
-        const int pg = b == 0 ? page[0] : b == 1 ? page[1] : b == 2 ? page[2] : page[3];
         tma_load_4d(s.kv[stage][t] + b * box_rows * kSubCols, kv_map, &s.full[stage][t],
-                    t * kSubCols, tok & (p.page_block_size - 1), kv_head, pg);
+                    t * kSubCols, tok & (p.page_block_size - 1), kv_head, pages.of(b));
       }
     };
     if (iter >= kStages) mbar_wait(&s.empty[stage][half], empty_parity(iter));

@@ -59,24 +59,17 @@ __device__ __forceinline__ void small_tma_16bit(const MlaDecodeParams& p, const 
   const int box_rows = 1 << box_shift;
   RingPos pos;
   for (TileCursor tile(p, walk); tile.valid(p, walk); tile.advance(p, walk)) {
-    const int32_t* table = tile.table(p);
-    const int live = min(tile.seqlen - tile.blk * kBlockN, kBlockN);
-    const int boxes = (live + box_rows - 1) >> box_shift;  // 1; up to 4 for 16-token pages
-    int page[4];
-#pragma unroll
-    for (int b = 0; b < 4; ++b)
-      page[b] = b < boxes ? table[(tile.blk * kBlockN + b * box_rows) >> page_shift] : 0;
+    const TilePages pages(p, tile, box_shift, page_shift);
 #pragma unroll 1
     for (int t = 0; t < kSubTiles; ++t) {
       mbar_wait(&s.empty[pos.slot], pos.phase ^ 1);
       char* dst = ring.slot(s, pos.slot);
-      mbar_expect_tx(&s.full[pos.slot], boxes * box_rows * 128);
+      mbar_expect_tx(&s.full[pos.slot], pages.boxes * box_rows * 128);
 #pragma unroll 1
-      for (int b = 0; b < boxes; ++b) {
+      for (int b = 0; b < pages.boxes; ++b) {
         const int tok = tile.blk * kBlockN + b * box_rows;
-        const int pg = b == 0 ? page[0] : b == 1 ? page[1] : b == 2 ? page[2] : page[3];
         tma_load_4d(dst + b * box_rows * 128, map, &s.full[pos.slot], t * kSubCols,
-                    tok & (p.page_block_size - 1), kv_head, pg);
+                    tok & (p.page_block_size - 1), kv_head, pages.of(b));
       }
       pos.advance(ring.slots);
     }
@@ -193,27 +186,6 @@ __device__ __forceinline__ void small_expand_fp8(const MlaDecodeParams& p, Small
   }
 }
 
-// Q rows [0, rows) of kv head `kv_head` of sequence i into sQ (16 rows, zero-padded).
-__device__ __forceinline__ void small_load_q(const MlaDecodeParams& p, SmallStorage& s, int i,
-                                             int kv_head, int tid) {
-  const int heads_per_kv = p.num_heads_q / p.num_heads_kv;
-  const int rows = p.seqlen_q * heads_per_kv;
-  const auto* q = static_cast<const uint16_t*>(p.q);
-  constexpr int kChunksPerRow = kHeadDim / 8;
-  for (int c = tid; c < kSmallRows * kChunksPerRow; c += kSmallMathThreads) {
-    const int r = c / kChunksPerRow, chunk = c % kChunksPerRow;
-    char* dst = reinterpret_cast<char*>(s.q[chunk / 8]) + swizzled_offset(r, (chunk % 8) * 8);
-    if (r < rows) {
-      const int sq = r / heads_per_kv, h = kv_head * heads_per_kv + r % heads_per_kv;
-      cp_async_16(dst, q + i * p.q_batch_stride + sq * p.q_seq_stride + h * p.q_head_stride +
-                           chunk * 8);
-    } else {
-      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
-    }
-  }
-  cp_async_wait_all();
-}
-
 // The math warpgroup. Accumulator fragment of an m64n16 tile: thread (warp w, lane l) holds
 // rows 16 w + l / 4 (+ 8) and columns 8 k + 2 (l % 4) + e, register 4 k + e (+ 2 for the +8
 // row). Rows are tokens (S^T) or dims (O^T), columns query rows; ci = 2 k + e below.
@@ -247,7 +219,7 @@ __device__ __forceinline__ void small_math(const MlaDecodeParams& p, SmallStorag
     for (int ci = 0; ci < 4; ++ci) limit[ci] = row_limit(p, seqlen, 0, col(ci));
 
     small_sync(SmallBarrier::kQFree);
-    small_load_q(p, s, i, kv_head, tid);
+    load_q<kSmallRows, kSmallMathThreads>(p, s.q[0], i, kv_head, 0, tid);
     fence_proxy_async();
     small_sync(SmallBarrier::kQReady);
 
