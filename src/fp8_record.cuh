@@ -28,4 +28,21 @@ __device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t two, float scale) 
   return *reinterpret_cast<const uint32_t*>(&b);
 }
 
+// Four e4m3 bytes b0..b3 of a word as two exact bf16x2, no scale: even = (b0, b2), odd =
+// (b1, b3), the pairing ldmatrix.trans hands an O^T fragment (small_fp8.cuh). Each byte's sign
+// moves to bit 15 of its half and its exponent and mantissa to bf16's fields (bias 7 read as
+// 127); one bf16x2 multiply by 2^120 rebiases, subnormals included. Shifts and masks on the
+// whole word, no byte permute: 5 integer ops and 2 HMUL2 per 4 values. The e4m3 NaN pattern
+// (S.1111.111) comes out as +-480, finite: the small-head kernel multiplies stale tail rows by
+// P = 0.
+__device__ __forceinline__ void e4m3x4_to_bf16x2_pairs(uint32_t x, uint32_t& even, uint32_t& odd) {
+  const uint32_t e = ((x << 4) & 0x07f007f0u) | ((x << 8) & 0x80008000u);
+  const uint32_t o = ((x >> 4) & 0x07f007f0u) | (x & 0x80008000u);
+  const __nv_bfloat162 rebias(__ushort_as_bfloat16(0x7b80), __ushort_as_bfloat16(0x7b80));  // 2^120
+  const __nv_bfloat162 ve = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&e), rebias);
+  const __nv_bfloat162 vo = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&o), rebias);
+  even = *reinterpret_cast<const uint32_t*>(&ve);
+  odd = *reinterpret_cast<const uint32_t*>(&vo);
+}
+
 }  // namespace flashmla::fp8

@@ -106,23 +106,33 @@ inline bool use_small_kernel(const MlaDecodeParams& p) {
   return enabled && rows <= sm90::kSmallRows && p.page_block_size >= sm90::kMinTmaPage;
 }
 
+template <typename T, bool kFp8>
+void launch_small(const MlaDecodeParams& p, const sm90::KvMaps& maps, cudaStream_t stream) {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    check_cuda(cudaFuncSetAttribute(sm90::mla_decode_small_kernel<T, kFp8>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, sm90::kSmallSmemBytes),
+               "cudaFuncSetAttribute(mla_decode_small_kernel)");
+  });
+  const dim3 grid(p.num_sm_parts, p.num_heads_kv, 1);
+  sm90::mla_decode_small_kernel<T, kFp8><<<grid, sm90::kSmallThreads, sm90::kSmallSmemBytes, stream>>>(p, maps);
+  check_cuda(cudaGetLastError(), "mla_decode_small_kernel launch");
+}
+
 }  // namespace decode_launch
 
 template <typename T>
 void launch_decode(const MlaDecodeParams& p, cudaStream_t stream) {
   const sm90::KvMaps maps = decode_launch::make_kv_maps<T>(p);
   if (decode_launch::use_small_kernel(p)) {
-    static std::once_flag small_once;
-    std::call_once(small_once, [] {
-      check_cuda(cudaFuncSetAttribute(sm90::mla_decode_small_kernel<T>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      sm90::kSmallSmemBytes),
-                 "cudaFuncSetAttribute(mla_decode_small_kernel)");
-    });
-    const dim3 grid(p.num_sm_parts, p.num_heads_kv, 1);
-    sm90::mla_decode_small_kernel<T><<<grid, sm90::kSmallThreads, sm90::kSmallSmemBytes, stream>>>(
-        p, maps, p.kv_format == KvFormat::kFP8WithScale ? sm90::kSmallFp8Staging : 0);
-    check_cuda(cudaGetLastError(), "mla_decode_small_kernel launch");
+    // FP8 caches come with bf16 queries only (validated): no half instantiation of that path.
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      if (p.kv_format == KvFormat::kFP8WithScale) {
+        decode_launch::launch_small<T, true>(p, maps, stream);
+        return;
+      }
+    }
+    decode_launch::launch_small<T, false>(p, maps, stream);
     return;
   }
   static std::once_flag attr_once;

@@ -11,70 +11,89 @@ namespace flashmla::sm90 {
 // Transposed products: S^T = K Q^T (M = 64 tokens, N = 16 query rows) and O^T = V^T P^T
 // (M = 64 dims per block, 8 blocks). Padding 16 rows to the 64 of the wide kernel quadrupled
 // its tensor work; here a tile costs 68 m64n16k16, O^T is 64 registers per thread and Q 18 KiB,
-// which leaves shared memory for a 25-sub-tile ring (or an FP8 staging ring next to one).
+// which leaves shared memory for a 25-sub-tile ring (or four whole-tile FP8 stages).
 constexpr int kSmallRows = 16;
-// Warpgroups 0 and 1 expand the FP8 records of alternate tiles (one warpgroup alone, a warp
-// per scheduler, was too slow: docs/perf-log.md v13), warpgroup 2 is the math, and warp 12 (warpgroup 3) issues TMA. ptxas gives a wgmma kernel its registers per
-// warpgroup; setmaxnreg moves them to the math (four S^T accumulators and O^T).
+// Warp roles (512 threads, four warpgroups; ptxas sizes registers by whole warpgroups, so a
+// fifth warp for TMA would cost 96 registers a thread at launch). The math is split in two
+// warpgroups that pipeline across tiles: warpgroup 2 (scores) computes S^T and the softmax of
+// tile n + 1 and hands P^T over while warpgroup 3 (values) computes O^T of tile n (one
+// warpgroup doing both in sequence was latency-bound: its warps issued 20% of the time;
+// splitting O^T of FP8 tiles over two values warpgroups measured 7-17% slower, perf-log v14).
+// Thread 0 issues every TMA; warpgroups 0 and 1 otherwise idle, and setmaxnreg moves their
+// registers to the math.
 constexpr int kSmallThreads = 512;
-constexpr int kSmallExpanders = 2;
-constexpr int kSmallMathWarp = 8;
-constexpr int kSmallTmaWarp = 12;
-constexpr int kSmallExpandRegs = 120;
-constexpr int kSmallMathRegs = 232;
-constexpr int kSmallTmaRegs = 40;  // 128 * (2 * 120 + 232 + 40) <= 65536
-constexpr int kSmallMathThreads = 128;
-constexpr int kSmallExpandThreads = 128;
+constexpr int kSmallScoreWarp = 8;
+constexpr int kSmallValueWarp = 12;
+constexpr int kSmallIdleRegs = 24;
+constexpr int kSmallTmaRegs = 40;  // warpgroup 0
+constexpr int kSmallMathRegs = 224;
+static_assert(kSmallTmaRegs + kSmallIdleRegs + 2 * kSmallMathRegs <= 4 * 128,
+              "setmaxnreg plan exceeds the 128 registers a thread the launch holds");
+constexpr int kSmallMathThreads = 128;  // one math warpgroup
 
-// The ring is a run of 8 KiB sub-tile slots (one 64-token x 64-column box each), used in
-// order: tile n's sub-tile t sits wherever the running position was, and each slot is released
-// on its own (the RoPE sub-tile right after S^T, V sub-tile j right after O^T block j).
+// 16-bit caches: the ring is a run of 8 KiB sub-tile slots (one 64-token x 64-column box
+// each), used in order: tile n's sub-tile t sits wherever the running position was, and each
+// slot is released on its own (the RoPE sub-tile right after S^T, V sub-tile j right after
+// O^T block j).
 constexpr int kSmallRingBytes = 25 * kSubTileBytes + 2048;  // + what the plan has left
-constexpr int kSmallSlots16 = 25;  // 16-bit caches: 2.8 tiles
-// FP8: raw records land in staging tiles (TMA: 4 x 64 rows x 128 latent bytes, 128B-swizzled,
-// then 16 B of scales per row), and the expander warpgroups turn them into bf16 sub-tiles in
-// the slots after them; they read the RoPE part (already bf16) straight from global memory.
-// The slot count is what limits: the math holds 9 slots from S^T to O^T, and the sub-tiles of
-// the next tile that do not fit in the rest are expanded only after that release, on the
-// math's path (docs/perf-log.md v13).
+constexpr int kSmallSlots16 = 25;  // 2.8 tiles
+// FP8 caches: whole-tile stages of the raw records as TMA writes them (latent 4 x 64 rows x
+// 128 e4m3, 128B-swizzled; the RoPE sub-tile, bf16 and swizzled; 16 B of scales per row), no
+// bf16 copy of the latent part: S^T runs on e4m3 wgmma with K from the stage (ldmatrix into
+// registers) and Q as three e4m3 terms; O^T, whose V^T operand is MN-major (no 8-bit wgmma
+// takes that), converts the bytes into bf16 A fragments in registers. The scales act outside
+// the products: on the S^T sum of each 128-dim group per token, and folded into P^T (one copy
+// per group). small_fp8.cuh, docs/perf-log.md v14.
 constexpr int kFp8LatentBytes = 4 * kBlockN * 128;
-constexpr int kFp8StagingScales = kFp8LatentBytes;
-constexpr int kFp8StagingBytes = kFp8StagingScales + kBlockN * 16;  // 33 KiB
-constexpr int kSmallFp8Staging = 2;  // 17 slots; 3 (12 slots) measured 11% slower
-__host__ __device__ constexpr int small_fp8_slots(int staging) {
-  return (kSmallRingBytes - staging * kFp8StagingBytes) / kSubTileBytes;
-}
-constexpr int kSmallSlotsMax = kSmallSlots16;
-static_assert(small_fp8_slots(kSmallFp8Staging) <= kSmallSlotsMax, "barrier arrays cover both");
-// Expander warpgroup w takes tiles w, w + 2, ..: with one staging tile per expander each waits
-// only on its own staging barriers, in order (a shared one let a warpgroup pass a parity wait a
-// lap early: the crash of the measured 1-staging-tile variant, docs/perf-log.md v13).
-static_assert(kSmallFp8Staging == kSmallExpanders, "one staging tile per expander warpgroup");
-static_assert(kFp8StagingBytes % 1024 == 0, "staging tiles keep the 1024-byte swizzle atom");
-static_assert(small_fp8_slots(kSmallFp8Staging) >= kSubTiles, "S^T needs 9 slots at once");
+constexpr int kFp8RopeOffset = kFp8LatentBytes;
+constexpr int kFp8ScalesOffset = kFp8RopeOffset + kSubTileBytes;
+constexpr int kFp8StageBytes = kFp8ScalesOffset + kBlockN * 16;  // 41 KiB
+constexpr int kFp8Stages = 4;
+constexpr int kFp8POffset = kFp8Stages * kFp8StageBytes;  // then P^T: [buffer][group]
+constexpr int kFp8PBytes = kSmallRows * kBlockN * 2;
+// Q for the e4m3 S^T: three e4m3 terms of the scaled latent part ([group][16 rows][128 B],
+// 128B-swizzled, 8 KiB each) and the bf16 RoPE sub-tile (2 KiB). Terms 0, 1 and the RoPE
+// take the place of the 16-bit Q (18 KiB), term 2 the end of the ring.
+constexpr int kFp8QTermBytes = 4 * kSmallRows * 128;
+constexpr int kFp8QRopeOffset = 2 * kFp8QTermBytes;  // in SmallStorage::q
+constexpr int kFp8QTerm2Offset = kFp8POffset + 2 * 4 * kFp8PBytes;  // in the ring
+static_assert(kFp8StageBytes % 1024 == 0, "stages keep the 1024-byte swizzle atom");
+static_assert(kFp8QRopeOffset + kSmallRows * 128 <= kSubTiles * kSmallRows * kSubCols * 2,
+              "FP8 Q terms 0, 1 and RoPE exceed the 16-bit Q");
+static_assert(kFp8QTerm2Offset + kFp8QTermBytes <= kSmallRingBytes, "FP8 plan exceeds the ring");
 
-// Named barriers of the math warpgroup (128 threads; id 0 is __syncthreads).
+// Named barriers (id 0 is __syncthreads). The first five are the scores warpgroup's own (128
+// threads); the P hand-off ones pair it with the values warpgroup (256), per P buffer.
 enum class SmallBarrier : int {
-  kQFree = 1,          // every math thread is done with the previous piece's Q and row sums
+  kQFree = 1,          // every scores thread is done with the previous piece's Q and row sums
   kQReady = 2,         // the piece's Q is in sQ
   kMaxPublished = 3,   // every warp's column maxima of the tile are in red_max
-  kPReady = 4,         // P^T of the tile is in sP
-  kTailZeroed = 5,     // rows past the sequence end of the sub-tile are zeroed (16-bit caches)
-  kSumPublished = 6,   // every warp's row sums of the piece are in red_sum
+  kTailZeroed = 4,     // rows past the sequence end of the sub-tile are zeroed (16-bit caches)
+  kSumPublished = 5,   // every warp's row sums of the piece are in red_sum
+  kPFull0 = 6,         // P^T buffer 0 (and its alpha, final row stats) written: values may read
+  kPFull1 = 7,
+  kPEmpty0 = 8,        // the values warpgroup's O^T is done with P^T buffer 0: scores may write
+  kPEmpty1 = 9,
 };
+constexpr int kSmallHandoffThreads = 256;
 
 struct alignas(1024) SmallStorage {
   uint16_t q[kSubTiles][kSmallRows * kSubCols];  // 18 KiB: Q, 128B-swizzled, K-major (B of S^T)
-  // P [row][token], K-major (B of O^T). One buffer: every warp has waited for the tile's O^T
-  // (one collective wgmma) before any writes the next tile's P.
-  uint16_t p[kSmallRows * kBlockN];
+  // P [row][token], K-major (B of O^T), double-buffered between the two math warpgroups.
+  uint16_t p[2][kSmallRows * kBlockN];
   alignas(1024) char ring[kSmallRingBytes];
   float red_max[2][4][kSmallRows];  // per tile parity: each warp's max over its 16 tokens
   float red_sum[4][kSmallRows];
-  uint64_t full[kSmallSlotsMax];   // slot holds its sub-tile (TMA bytes, or 128 expanders)
-  uint64_t empty[kSmallSlotsMax];  // the math is done with the slot
-  uint64_t staged_full[kSmallFp8Staging];   // FP8: the tile's raw records landed
-  uint64_t staged_empty[kSmallFp8Staging];  // FP8: its 128 expander threads are done with them
+  // Per P buffer: the tile's rescale of O (exp2 of old max - new max) per query row, and for the
+  // last tile of a piece its final row max (log2 domain) and row sum, for the epilogue.
+  float alpha[2][kSmallRows];
+  float fin_max[2][kSmallRows];
+  float fin_sum[2][kSmallRows];
+  float q_unscale[kSmallRows];  // FP8: 1 / the power of two Q's latent row was scaled by
+  uint64_t full[kSmallSlots16];   // 16-bit: slot holds its sub-tile (TMA bytes)
+  uint64_t empty[kSmallSlots16];  // 16-bit: the math is done with the slot
+  uint64_t staged_full[kFp8Stages];   // FP8: the tile's records landed
+  uint64_t staged_empty[kFp8Stages];  // FP8: the values warpgroup's O^T is done with them
 };
 
 constexpr int kSmallSmemBytes = static_cast<int>(sizeof(SmallStorage)) + 1024;

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <numeric>
 #include <ostream>
@@ -617,6 +618,18 @@ TEST_F(GpuTest, GpuReferenceMatchesCpu) {
 // sum_d |q_d k_d|, for unit-normal data ~1.5e-3 (std) and up to ~8e-3 (the largest of 5M
 // samples), which for a sequence of one key is the whole lse error.
 
+//
+// Which oracle is the strict one depends on the kernel: the wide kernel (more than 16 query rows
+// per kv head, or pages under 16 tokens) expands the records to bf16 as dequantize_kv_fp8 does;
+// the small-head kernel computes S^T from the e4m3 values and fp32 scales themselves (Q as three
+// e4m3 terms, 2^-12 relative) and O^T from exact e4m3 V with the scale folded into P, so it
+// follows the FP8 cache itself and the bf16-rounded cache only as far as K's rounding moves it.
+bool reads_exact_fp8(const Problem& h) {
+  const char* env = std::getenv("FLASHMLA_SMALL_HEADS");
+  const bool small_enabled = env == nullptr || std::string(env) != "0";
+  return small_enabled && h.rows() <= 16 && h.sh.page >= 16;
+}
+
 constexpr int64_t kFp8PaddedRecordBytes = flashmla::kFp8TokenBytes + 16;
 constexpr double kFp8ExactLseTol = 2e-2;
 
@@ -710,8 +723,13 @@ void check_fp8_against_gpu_reference(const Shape& sh) {
     run_decode(d, sch, h, stream);
     const Result got = fetch(h, d);
     const std::string label = "FP8 " + describe(sh, parts);
-    expect_close(rounded, got, sh, label + " vs reference on the bf16-rounded cache");
-    expect_close(exact, got, sh, label + " vs reference on the FP8 cache", kFp8ExactLseTol);
+    if (reads_exact_fp8(h)) {
+      expect_close(exact, got, sh, label + " vs reference on the FP8 cache");
+      expect_close(rounded, got, sh, label + " vs reference on the bf16-rounded cache", kFp8ExactLseTol);
+    } else {
+      expect_close(rounded, got, sh, label + " vs reference on the bf16-rounded cache");
+      expect_close(exact, got, sh, label + " vs reference on the FP8 cache", kFp8ExactLseTol);
+    }
   }
   ck(cudaStreamDestroy(stream), "cudaStreamDestroy");
 }
