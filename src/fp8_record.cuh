@@ -1,7 +1,8 @@
 // The FP8-with-scale token record (KvFormat::kFP8WithScale, layout in flashmla.h): byte
-// offsets and the one e4m3 -> bf16 step, shared by the conversion kernels (src/fp8_cache.cu)
-// and the decode kernel's in-place expansion, so decode reads exactly what dequantize_kv_fp8
-// writes.
+// offsets and the e4m3 -> bf16 steps. e4m3x2_to_bf16x2 (times the scale) is shared by the
+// conversion kernels (src/fp8_cache.cu) and the wide decode kernel's in-place expansion, so that
+// kernel reads exactly what dequantize_kv_fp8 writes; the small-head kernel converts without
+// the scale (e4m3x4_to_bf16x2_pairs) and applies the scales outside its products.
 #pragma once
 
 #include <cuda_bf16.h>

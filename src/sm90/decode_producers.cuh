@@ -110,7 +110,7 @@ struct KvMaps {
   CUtensorMap kv;         // 16-bit cache, or the FP8 latent bytes
   CUtensorMap fp8_scale;
   CUtensorMap fp8_rope;
-  CUtensorMap fp8_latent_sw128;  // the latent bytes 128B-swizzled (small-head kernel staging)
+  CUtensorMap fp8_latent_sw128;  // the latent bytes 128B-swizzled (small-head kernel stages)
 };
 
 __device__ __forceinline__ int opaque(int x) {

@@ -2,7 +2,9 @@
 // decode kernel (at most 16 query rows per kv head; sm90/small_kernel.cuh, docs/design.md).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "sm90/decode_config.h"
 
@@ -55,6 +57,24 @@ constexpr int kFp8PBytes = kSmallRows * kBlockN * 2;
 // 128B-swizzled, 8 KiB each) and the bf16 RoPE sub-tile (2 KiB). Terms 0, 1 and the RoPE
 // take the place of the 16-bit Q (18 KiB), term 2 the end of the ring.
 constexpr int kFp8QTermBytes = 4 * kSmallRows * 128;
+// Each Q row is scaled by 2^k (exact) so that its largest |q|, mx, lands in (224, 448], e4m3's
+// top binade. k is clamped to [-126, 126] so that 2^k and 2^-k stay normal floats: a row of
+// values so small that 448 / mx would overflow keeps finite terms (no 0 * inf = NaN). Zero or
+// non-finite mx: k = 0. Host-callable for its unit test (test_fp8_cache).
+__host__ __device__ inline int small_q_scale_exponent(float mx) {
+  if (!(mx > 0.f) || !(mx <= 3.40282347e38f)) return 0;
+  int e;
+  frexpf(mx, &e);  // mx in [2^(e - 1), 2^e)
+  int k = 9 - e;   // mx * 2^k in [256, 512)
+  if (ldexpf(mx, k) > 448.f) --k;
+  return k < -126 ? -126 : (k > 126 ? 126 : k);
+}
+__host__ __device__ inline float small_pow2(int k) {  // 2^k for k in [-126, 127], exact
+  uint32_t bits = static_cast<uint32_t>(k + 127) << 23;
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+}
 constexpr int kFp8QRopeOffset = 2 * kFp8QTermBytes;  // in SmallStorage::q
 constexpr int kFp8QTerm2Offset = kFp8POffset + 2 * 4 * kFp8PBytes;  // in the ring
 static_assert(kFp8StageBytes % 1024 == 0, "stages keep the 1024-byte swizzle atom");

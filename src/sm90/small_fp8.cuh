@@ -52,10 +52,11 @@ __device__ __forceinline__ char* fp8_q_rope(SmallStorage& s) {
 }
 
 // Q of sequence i for the e4m3 S^T. Row r's latent part times a power of two 2^e_r (its largest
-// |q| lands in (224, 448]) is written as the sum of three e4m3 terms, each the rounding of what
-// the previous ones left: 2^-4, 2^-8, 2^-12 relative error after one, two, three terms (below the
-// bf16 rounding of K the 16-bit path has), so S^T = sum_t K Q_t^T / 2^e_r. The RoPE part stays
-// bf16 (its wgmma is bf16). Thread (row = tid / 8, u = tid % 8): dims 64 u .. of the latent part,
+// |q| lands in (224, 448]: small_q_scale_exponent) is written as the sum of three e4m3 terms,
+// each the rounding of what the previous ones left, so S^T = sum_t K Q_t^T / 2^e_r. Error per
+// element after three terms: at most 2^-12 of the row's largest |q| (2^-12 relative near it;
+// e4m3's subnormal step bounds the small elements), so a score moves by far less than the
+// bf16 rounding of K moves it in the 16-bit path. The RoPE part stays bf16 (its wgmma is bf16). Thread (row = tid / 8, u = tid % 8): dims 64 u .. of the latent part,
 // 8 u .. of the RoPE part, all its loads in flight together.
 __device__ __forceinline__ void load_q_fp8(const MlaDecodeParams& p, SmallStorage& s, int i,
                                            int kv_head, int tid) {
@@ -85,13 +86,9 @@ __device__ __forceinline__ void load_q_fp8(const MlaDecodeParams& p, SmallStorag
   mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
   mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 4));
   // A power of two, so scaling and unscaling are exact; zero (or padding) rows keep 1.
-  float scale = 1.f;
-  if (mx > 0.f && mx < INFINITY) {
-    scale = exp2f(floorf(__log2f(448.f / mx)));
-    if (mx * scale > 448.f) scale *= 0.5f;
-    if (mx * scale * 2.f <= 448.f) scale *= 2.f;
-  }
-  if (u == 0) s.q_unscale[row] = 1.f / scale;
+  const int k = small_q_scale_exponent(mx);
+  const float scale = small_pow2(k);
+  if (u == 0) s.q_unscale[row] = small_pow2(-k);
   uint32_t term[3][16];  // 64 e4m3 per term, 4 to a word
 #pragma unroll
   for (int k = 0; k < 64; k += 2) {

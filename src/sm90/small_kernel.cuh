@@ -9,8 +9,9 @@
 // scores warpgroup does S^T and the softmax (the column maxima cross its four warps through
 // shared memory) and hands P^T over in one of two buffers, the values warpgroup does O^T and
 // the epilogue. 16-bit caches: a sub-tile-grained ring, each slot refilled by TMA as soon as it
-// is released (this file). FP8 caches: whole-tile stages of raw records, converted to bf16 in
-// registers by the math itself (small_fp8.cuh). docs/design.md, docs/perf-log.md v13, v14.
+// is released (this file). FP8 caches: whole-tile stages of raw records, read by e4m3 wgmma
+// for S^T and converted to bf16 in registers for O^T (small_fp8.cuh). docs/design.md,
+// docs/perf-log.md v13, v14.
 #pragma once
 
 #include "fp8_record.cuh"

@@ -23,6 +23,7 @@
 #include "gpu_test_util.h"
 #include "reference/bf16.h"
 #include "reference/fp8_cache_host.h"
+#include "sm90/small_config.h"
 
 namespace {
 
@@ -53,6 +54,35 @@ float record_scale(const uint8_t* rec, int g) {
 
 // ---------------------------------------------------------------------------------------
 // e4m3 on the host
+
+// The power of two the small-head kernel scales a Q row by before writing it as e4m3 terms
+// (sm90/small_config.h): the row's largest |q| lands in (224, 448] wherever 2^k can reach it,
+// and 2^k, 2^-k are normal floats for every input, down to the smallest subnormal (where
+// 448 / mx overflows: the NaN the first version of the rule produced).
+TEST(Fp8Host, SmallKernelQScaleIsAFinitePowerOfTwo) {
+  using flashmla::sm90::small_pow2;
+  using flashmla::sm90::small_q_scale_exponent;
+  std::vector<float> mx = {std::numeric_limits<float>::denorm_min(), 1e-40f, 1.2e-36f, 1e-30f,
+                           1e-3f, 0.5f, 1.f, 1.5f, 223.99f, 224.f, 224.01f, 447.f, 448.f, 448.5f,
+                           449.f, 511.f, 512.f, 1e6f, 3.3895314e38f, std::numeric_limits<float>::max()};
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> ex(-140.f, 127.f);
+  for (int i = 0; i < 2000; ++i) mx.push_back(std::ldexp(1.f + (rng() % 1000) / 1000.f, static_cast<int>(ex(rng))));
+  for (float m : mx) {
+    const int k = small_q_scale_exponent(m);
+    ASSERT_GE(k, -126) << m;
+    ASSERT_LE(k, 126) << m;
+    const float s = small_pow2(k), inv = small_pow2(-k);
+    EXPECT_EQ(s, std::ldexp(1.f, k)) << m;
+    EXPECT_EQ(s * inv, 1.f) << m;
+    const float x = m * s;
+    EXPECT_TRUE(std::isfinite(x)) << m;
+    EXPECT_LE(x, 448.f) << m;
+    if (k > -126 && k < 126) EXPECT_GT(x, 224.f) << m;
+  }
+  for (float m : {0.f, -1.f, std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()})
+    EXPECT_EQ(small_q_scale_exponent(m), 0) << m;
+}
 
 TEST(Fp8HostE4m3, EveryCodeRoundTrips) {
   for (int c = 0; c < 256; ++c) {

@@ -611,19 +611,17 @@ TEST_F(GpuTest, GpuReferenceMatchesCpu) {
 // NaN as an e4m3 value, as a float32 scale and as a bf16 RoPE value.
 //
 // Two oracles, both mla_decode_reference_gpu: on the FP8 cache itself (dequantized in fp32,
-// never rounded to bf16: the format's own values) and on flashmla::dequantize_kv_fp8 of it,
-// i.e. the bf16 values the decode kernel's MMAs read. Against the latter every tolerance of the
-// bf16 tests applies. Against the former out still must be within 1e-2, but lse only within
-// kFp8ExactLseTol: rounding K to bf16 moves a score by up to 2^-8 * softmax_scale *
-// sum_d |q_d k_d|, for unit-normal data ~1.5e-3 (std) and up to ~8e-3 (the largest of 5M
-// samples), which for a sequence of one key is the whole lse error.
-
-//
-// Which oracle is the strict one depends on the kernel: the wide kernel (more than 16 query rows
-// per kv head, or pages under 16 tokens) expands the records to bf16 as dequantize_kv_fp8 does;
-// the small-head kernel computes S^T from the e4m3 values and fp32 scales themselves (Q as three
-// e4m3 terms, 2^-12 relative) and O^T from exact e4m3 V with the scale folded into P, so it
-// follows the FP8 cache itself and the bf16-rounded cache only as far as K's rounding moves it.
+// never rounded to bf16: the format's own values) and on flashmla::dequantize_kv_fp8 of it (the
+// bf16 values). Which one a kernel follows decides which is strict: the wide kernel (more than
+// 16 query rows per kv head, or pages under 16 tokens) expands the records to bf16 as
+// dequantize_kv_fp8 does; the small-head kernel computes S^T from the e4m3 values and fp32
+// scales themselves (Q as three e4m3 terms) and O^T from exact e4m3 V with the scale folded
+// into P. Against the oracle it follows every tolerance of the bf16 tests applies; against the
+// other out still must be within 1e-2, but lse only within kFp8ExactLseTol: rounding K to bf16
+// moves a score by up to 2^-8 * softmax_scale * sum_d |q_d k_d|, for unit-normal data ~1.5e-3
+// (std) and up to ~8e-3 (the largest of 5M samples), which for a sequence of one key is the
+// whole lse error. reads_exact_fp8 restates the launcher's choice (decode_launch.cuh,
+// use_small_kernel): change both together.
 bool reads_exact_fp8(const Problem& h) {
   const char* env = std::getenv("FLASHMLA_SMALL_HEADS");
   const bool small_enabled = env == nullptr || std::string(env) != "0";
@@ -740,7 +738,8 @@ TEST_P(GpuFp8Case, MatchesGpuReference) { check_fp8_against_gpu_reference(GetPar
 
 // Page sizes 1 (cp.async gather), 16 (several TMA-sized pages per tile), 64, 256 (several
 // tiles per page) x h_q 16 / 128 x s_q 1 / 2, causal; lengths at page and tile boundaries.
-// Then two kv heads with padded records (672-byte stride) and padded q / out.
+// Then two kv heads with padded records (672-byte stride) and padded q / out, and two more
+// shapes for the small-head kernel.
 std::vector<NamedShape> fp8_cases() {
   std::vector<NamedShape> v;
   unsigned seed = 7000;
@@ -770,6 +769,30 @@ std::vector<NamedShape> fp8_cases() {
   sh.seqlens = {700, 0, 129, 1, 64};
   sh.b = static_cast<int>(sh.seqlens.size());
   v.push_back({"Page64_H32_KV2_SQ2_PaddedRecords", sh});
+  // The small-head kernel's FP8 path beyond one kv head and s_q = 1: 16 rows from two query
+  // positions of 8 heads per kv head (per-row causal limits, kv head 1, padded records), and 8
+  // rows (half the tile's query rows are padding) on 32-token pages.
+  Shape small;
+  small.seed = 7200;
+  small.page = 64;
+  small.h_q = 16;
+  small.h_kv = 2;
+  small.s_q = 2;
+  small.causal = true;
+  small.padded = true;
+  small.seqlens = {700, 0, 129, 1, 64, 2};
+  small.b = static_cast<int>(small.seqlens.size());
+  v.push_back({"Small_Page64_H16_KV2_SQ2_PaddedRecords", small});
+  small.seed = 7201;
+  small.page = 32;
+  small.h_q = 8;
+  small.h_kv = 1;
+  small.s_q = 1;
+  small.causal = false;
+  small.padded = false;
+  small.seqlens = {31, 32, 33, 1000, 1};
+  small.b = static_cast<int>(small.seqlens.size());
+  v.push_back({"Small_Page32_H8_SQ1", small});
   return v;
 }
 
