@@ -29,14 +29,18 @@ __device__ __forceinline__ char* fp8_p(SmallStorage& s, int buf, int group) {
   return s.ring + kFp8POffset + (buf * 4 + group) * kFp8PBytes;
 }
 
+// Tile n of the part: its stage and the stage's phase (staged_full; staged_empty one lap behind).
+__device__ __forceinline__ int fp8_stage_of(int n) { return n % kFp8Stages; }
+__device__ __forceinline__ uint32_t fp8_phase_of(int n) { return (n / kFp8Stages) & 1; }
+
 // One thread: each tile's latent bytes, RoPE and scales into the next stage once the values
 // warpgroup has released it. Pages past the sequence end are not read.
 __device__ __forceinline__ void small_tma_fp8(const MlaDecodeParams& p, const KvMaps& maps,
                                               SmallStorage& s, const PartWalk& walk, int kv_head) {
   int n = 0;
   for (TileCursor tile(p, walk); tile.valid(p, walk); tile.advance(p, walk), ++n) {
-    const int st = n % kFp8Stages;
-    if (n >= kFp8Stages) mbar_wait(&s.staged_empty[st], (n / kFp8Stages - 1) & 1);
+    const int st = fp8_stage_of(n);
+    if (n >= kFp8Stages) mbar_wait(&s.staged_empty[st], fp8_phase_of(n) ^ 1);
     char* base = fp8_stage(s, st);
     issue_fp8_boxes(p, &maps.fp8_latent_sw128, maps, tile, kv_head, base, base + kFp8ScalesOffset,
                     base + kFp8RopeOffset, &s.staged_full[st]);

@@ -83,10 +83,6 @@ struct SmallFragment {
 
 __device__ __forceinline__ int small_uniform(int v) { return __shfl_sync(0xffffffff, v, 0); }
 
-// Tile n of the part, FP8: its stage and the stage's phase.
-__device__ __forceinline__ int fp8_stage_of(int n) { return n % kFp8Stages; }
-__device__ __forceinline__ uint32_t fp8_phase_of(int n) { return (n / kFp8Stages) & 1; }
-
 // S^T of one tile into sc (the scores of this thread's tokens tok0 / tok1, columns ci), 16-bit
 // caches: the nine sub-tiles from the ring, released RoPE-first by the caller.
 template <typename T>
@@ -162,10 +158,12 @@ __device__ __forceinline__ void small_scores_fp8(SmallStorage& s, int stage_inde
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
-      for (int j = 0; j < 4; ++j)  // consecutive wgmmas independent (see small_scores_16bit)
+      for (int j = 0; j < 4; ++j) {  // consecutive wgmmas independent (see small_scores_16bit)
+        // lead starts at the term's k step 0, small at the first k step of term 1
+        const bool starts = kk == 0 && t < 2;
         wgmma_m64n16k32_e4m3_rs(t == 0 ? lead[j] : small[j], a[j][kk],
-                                desc_advance(q_desc, j * (kSmallRows * 128) + kk * 32),
-                                t == 0 ? kk > 0 : t + kk > 1);
+                                desc_advance(q_desc, j * (kSmallRows * 128) + kk * 32), !starts);
+      }
   }
   wgmma_commit();
   wgmma_wait<0>();
@@ -515,7 +513,7 @@ __global__ void __launch_bounds__(kSmallThreads, 1)
     mla_decode_small_kernel(const __grid_constant__ MlaDecodeParams p,
                             const __grid_constant__ KvMaps maps) {
   extern __shared__ char smem_raw[];
-  const uint32_t pad = (1024u - (smem_addr(smem_raw) & 1023u)) & 1023u;
+  const uint32_t pad = (1024u - (smem_addr(smem_raw) & 1023u)) & 1023u;  // as mla_decode_kernel
   auto& s = *reinterpret_cast<SmallStorage*>(smem_raw + pad);
   const PartWalk walk(p.tile_scheduler_metadata + blockIdx.x * kMetadataInts);
   const int kv_head = blockIdx.y;

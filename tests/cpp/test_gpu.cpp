@@ -21,6 +21,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "flashmla/flashmla.h"
@@ -758,41 +759,27 @@ std::vector<NamedShape> fp8_cases() {
         sh.b = static_cast<int>(sh.seqlens.size());
         v.push_back({"Page" + std::to_string(page) + "_H" + std::to_string(h_q) + "_SQ" + std::to_string(s_q), sh});
       }
-  Shape sh;
-  sh.seed = 7100;
-  sh.page = 64;
-  sh.h_q = 32;
-  sh.h_kv = 2;
-  sh.s_q = 2;
-  sh.causal = true;
-  sh.padded = true;
-  sh.seqlens = {700, 0, 129, 1, 64};
-  sh.b = static_cast<int>(sh.seqlens.size());
-  v.push_back({"Page64_H32_KV2_SQ2_PaddedRecords", sh});
+  auto shape = [](unsigned seed, int page, int h_q, int h_kv, int s_q, bool causal, bool padded,
+                  std::vector<int32_t> seqlens) {
+    Shape sh;
+    sh.seed = seed;
+    sh.page = page;
+    sh.h_q = h_q;
+    sh.h_kv = h_kv;
+    sh.s_q = s_q;
+    sh.causal = causal;
+    sh.padded = padded;
+    sh.b = static_cast<int>(seqlens.size());
+    sh.seqlens = std::move(seqlens);
+    return sh;
+  };
+  v.push_back({"Page64_H32_KV2_SQ2_PaddedRecords", shape(7100, 64, 32, 2, 2, true, true, {700, 0, 129, 1, 64})});
   // The small-head kernel's FP8 path beyond one kv head and s_q = 1: 16 rows from two query
   // positions of 8 heads per kv head (per-row causal limits, kv head 1, padded records), and 8
   // rows (half the tile's query rows are padding) on 32-token pages.
-  Shape small;
-  small.seed = 7200;
-  small.page = 64;
-  small.h_q = 16;
-  small.h_kv = 2;
-  small.s_q = 2;
-  small.causal = true;
-  small.padded = true;
-  small.seqlens = {700, 0, 129, 1, 64, 2};
-  small.b = static_cast<int>(small.seqlens.size());
-  v.push_back({"Small_Page64_H16_KV2_SQ2_PaddedRecords", small});
-  small.seed = 7201;
-  small.page = 32;
-  small.h_q = 8;
-  small.h_kv = 1;
-  small.s_q = 1;
-  small.causal = false;
-  small.padded = false;
-  small.seqlens = {31, 32, 33, 1000, 1};
-  small.b = static_cast<int>(small.seqlens.size());
-  v.push_back({"Small_Page32_H8_SQ1", small});
+  v.push_back({"Small_Page64_H16_KV2_SQ2_PaddedRecords",
+               shape(7200, 64, 16, 2, 2, true, true, {700, 0, 129, 1, 64, 2})});
+  v.push_back({"Small_Page32_H8_SQ1", shape(7201, 32, 8, 1, 1, false, false, {31, 32, 33, 1000, 1})});
   return v;
 }
 
