@@ -1,9 +1,10 @@
 // Issue rates of the instruction shapes the small-head kernel is built from, on the card at
-// hand (docs/perf-log.md v14): clocks per wgmma for m64n16k16 with A in shared memory
-// (K-major, MN-major) or in registers and for the wide kernel's m64n64k16, from one or two
-// warpgroups per SM and one or four independent accumulators; and clocks per converted e4m3
-// pair for the two e4m3 -> bf16 routes, at one and four warps per scheduler. The conversion
-// routes are also checked against each other on every byte pair (exactness of the bit route).
+// hand (docs/perf-log.md v14, v15): clocks per wgmma for m64n16k16 with A in shared memory
+// (K-major, MN-major) or in registers (f16) and for the wide kernel's m64n64k16, from one or
+// two warpgroups per SM and one or four independent accumulators; and clocks per converted e4m3
+// pair for an e4m3 -> bf16 route and the small-head kernel's e4m3 -> f16 route, at one and four
+// warps per scheduler. The kernel's route is also checked on every byte pair against the e4m3
+// definition.
 //   bench_wgmma
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
@@ -60,7 +61,7 @@ __global__ void __launch_bounds__(256, 1) wgmma_rate(long long* clocks, float* s
             desc_advance(da, kMode == 1 ? (k % 4) * 2048 + ((k / 4) % 4) * 8192 : off),
             desc_advance(db, (k % 4) * 32), 1);
       } else if constexpr (kMode == 2) {
-        wgmma_m64n16k16_rs(reinterpret_cast<float(&)[8]>(d), ra[k % 4], desc_advance(db, (k % 4) * 32), 1);
+        wgmma_m64n16k16_f16_rs(reinterpret_cast<float(&)[8]>(d), ra[k % 4], desc_advance(db, (k % 4) * 32), 1);
       } else {
         wgmma_m64n64k16<__nv_bfloat16>(reinterpret_cast<float(&)[32]>(d), desc_advance(da, off),
                                        desc_advance(db, (k % 4) * 32), 1);
@@ -80,7 +81,8 @@ __global__ void __launch_bounds__(256, 1) wgmma_rate(long long* clocks, float* s
 }
 
 // kMethod 0: no conversion (the loop's own cost); 1: cvt e4m3x2 -> f16x2 -> f32 -> bf16x2
-// (fp8::e4m3x2_to_bf16x2 with scale 1); 2: the bit route (fp8::e4m3x4_to_bf16x2_pairs).
+// (fp8::e4m3x2_to_bf16x2 with scale 1); 2: the small-head kernel's route, one byte permute and
+// two cvt e4m3x2 -> f16x2 (fp8::e4m3x4_to_f16x2_pairs).
 template <int kMethod>
 __global__ void convert_rate(int iters, long long* clocks, uint32_t* sink) {
   uint32_t x[8], acc = 0;
@@ -97,7 +99,7 @@ __global__ void convert_rate(int iters, long long* clocks, uint32_t* sink) {
         r0 = flashmla::fp8::e4m3x2_to_bf16x2(x[j], 1.f);
         r1 = flashmla::fp8::e4m3x2_to_bf16x2(x[j] >> 16, 1.f);
       } else {
-        flashmla::fp8::e4m3x4_to_bf16x2_pairs(x[j], r0, r1);
+        flashmla::fp8::e4m3x4_to_f16x2_pairs(x[j], r0, r1);
       }
       acc ^= r0 + r1;
       x[j] += 0x01010101u;
@@ -108,16 +110,28 @@ __global__ void convert_rate(int iters, long long* clocks, uint32_t* sink) {
   if (threadIdx.x == 0) clocks[blockIdx.x] = t1 - t0;
 }
 
-// Every byte pair through both routes; counts the words that differ (NaN inputs excluded:
-// the bit route maps them to +-480 on purpose).
+// The exact value of an e4m3 byte from its bits (NaN for S.1111.111).
+__device__ float e4m3_value(uint32_t b) {
+  const int e = (b >> 3) & 15, m = b & 7;
+  if (e == 15 && m == 7) return __int_as_float(0x7fc00000);
+  const float mag = e == 0 ? ldexpf(static_cast<float>(m), -9) : ldexpf(static_cast<float>(8 + m), e - 10);
+  return (b & 0x80) ? -mag : mag;
+}
+
+// Every byte pair through the small-head kernel's route against the bit definition; counts the
+// pairs that differ (NaN must stay NaN).
 __global__ void convert_check(unsigned* mismatches, unsigned* first_bad) {
   const uint32_t two = blockIdx.x * blockDim.x + threadIdx.x;  // 0 .. 65535
-  const bool nan = (two & 0x7f) == 0x7f || ((two >> 8) & 0x7f) == 0x7f;
-  // bytes (lo, hi) of `two` go to b0, b2 of a word: the bit route's even pair
-  const uint32_t hw = flashmla::fp8::e4m3x2_to_bf16x2(two, 1.f);
-  uint32_t bit, odd;
-  flashmla::fp8::e4m3x4_to_bf16x2_pairs(__byte_perm(two, 0, 0x4140), bit, odd);
-  if (!nan && hw != bit) {
+  uint32_t even, odd;
+  // bytes (lo, hi) of `two` go to b0, b2 of a word: the route's even pair
+  flashmla::fp8::e4m3x4_to_f16x2_pairs(__byte_perm(two, 0, 0x4140), even, odd);
+  bool ok = true;
+  for (int h = 0; h < 2; ++h) {
+    const float want = e4m3_value((two >> (8 * h)) & 0xff);
+    const float got = __half2float(__ushort_as_half(static_cast<unsigned short>(even >> (16 * h))));
+    ok = ok && (isnan(want) ? isnan(got) : got == want);
+  }
+  if (!ok) {
     if (atomicAdd(mismatches, 1u) == 0) *first_bad = two;
   }
 }
@@ -151,7 +165,7 @@ void run_convert(int sms, int warps, long long* d_clocks, uint32_t* d_sink) {
   for (long long v : c) worst = std::max(worst, static_cast<double>(v));
   // 16 pairs per thread per iteration; a scheduler runs warps / 4 warps
   const double per_pair_per_warp = worst / (iters * 16.0);
-  static const char* names[] = {"loop only        ", "cvt f16/f32/pack ", "bit route + HMUL2"};
+  static const char* names[] = {"loop only        ", "cvt f16/f32/pack ", "prmt + 2 cvt f16 "};
   std::printf("convert %s warps/scheduler=%d: %5.2f clk per pair per warp, %5.2f clk per warp-pair per "
               "scheduler\n",
               names[kMethod], warps / 4, per_pair_per_warp, per_pair_per_warp / (warps / 4));
@@ -177,7 +191,7 @@ int main() {
     ck(cudaDeviceSynchronize(), "convert_check");
     unsigned bad[2];
     ck(cudaMemcpy(bad, d_bad, 8, cudaMemcpyDeviceToHost), "copy");
-    std::printf("convert check: %u of 65536 byte pairs differ between the routes (first 0x%04x)\n", bad[0],
+    std::printf("convert check: %u of 65536 byte pairs differ from the e4m3 definition (first 0x%04x)\n", bad[0],
                 bad[0] ? bad[1] : 0);
     for (int wgs = 1; wgs <= 2; ++wgs) {
       run_wgmma<0, 1>(sms, wgs, d_clocks, d_sink);

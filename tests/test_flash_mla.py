@@ -17,7 +17,7 @@ the KV would fit in L2.
 bf16 cache by flash_mla.quantize_kv_fp8, every record no sequence owns set to 0xFF bytes, i.e.
 NaN), decoded with is_fp8_kvcache=True (q and out bf16); the reference runs on the dequantized
 cache (out against the exact float64 dequantization, lse against it or the cache rounded to
-bf16, whichever the kernel follows: see mla_reference.reference_errors), and the KV bytes of the GB/s figure,
+bf16, the one the kernel follows by the dispatch rule: see mla_reference.reference_errors), and the KV bytes of the GB/s figure,
 of "bytes" and of the L2 rotation are 656 per token and kv head instead of 1152. JSON rows say
 "kv": "fp8" (else the dtype, "bf16" / "fp16").
 
@@ -132,7 +132,7 @@ def run_config(cfg, b, h_kv, seed, repeats, dtype="bf16", page=64, fp8=False):
                                                          lens.index(max(lens))]))
     q, kv, table = sets[0]
     # For an FP8 cache: out against the exactly dequantized cache, lse against it or its bf16
-    # rounding, whichever the kernel follows (ref.reference_errors).
+    # rounding, the one the kernel follows by the dispatch rule (ref.reference_errors).
     errs = ref.reference_errors(out[ids], lse[ids], q, kv, table, lens, ref.HEAD_DIM ** -0.5, True,
                                 batch_ids=ids, compute_dtype=torch.float32)
     nan_any = bool(out.isnan().any() or lse.isnan().any())

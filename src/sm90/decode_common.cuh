@@ -19,6 +19,13 @@ __device__ __forceinline__ void math_sync(MathBarrier b) {
   named_barrier_sync(static_cast<int>(b), kMathThreads);
 }
 
+// Two floats as one register of a 16-bit pair (a in the low half).
+template <typename T>
+__device__ __forceinline__ uint32_t pack_bits(float a, float b) {
+  const typename ElementOps<T>::Pair v = ElementOps<T>::pack(a, b);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
 // Byte offset of element (row, col) inside a 64x64 16-bit sub-tile stored 128B-swizzled:
 // the 16-byte chunk index is XORed with row % 8, the pattern TMA's SWIZZLE_128B writes and
 // wgmma's 128B descriptor mode reads.

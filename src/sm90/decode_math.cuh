@@ -30,12 +30,6 @@
 namespace flashmla::sm90 {
 
 template <typename T>
-__device__ __forceinline__ uint32_t pack_bits(float a, float b) {
-  const typename ElementOps<T>::Pair v = ElementOps<T>::pack(a, b);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-template <typename T>
 __device__ __forceinline__ void math_pingpong(const MlaDecodeParams& p, SharedStorage& s,
                                               const PartWalk& walk, int kv_head, int m_tile,
                                               int math_tid) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 
@@ -32,6 +33,11 @@ constexpr int kSmallMathRegs = 224;
 static_assert(kSmallTmaRegs + kSmallIdleRegs + 2 * kSmallMathRegs <= 4 * 128,
               "setmaxnreg plan exceeds the 128 registers a thread the launch holds");
 constexpr int kSmallMathThreads = 128;  // one math warpgroup
+// Lazy rescale (log2 domain): the scores warpgroup keeps a row's softmax offset until a score
+// passes it by more than this, so P <= 2^8 (far inside fp16 and fp32 range) and
+// most tiles skip the cross-warp max exchange and the values warpgroup's rescale of O
+// (docs/perf-log.md v15).
+constexpr float kSmallLazyRescale = 8.f;
 
 // 16-bit caches: the ring is a run of 8 KiB sub-tile slots (one 64-token x 64-column box
 // each), used in order: tile n's sub-tile t sits wherever the running position was, and each
@@ -43,20 +49,24 @@ constexpr int kSmallSlots16 = 25;  // 2.8 tiles
 // 128 e4m3, 128B-swizzled; the RoPE sub-tile, bf16 and swizzled; 16 B of scales per row), no
 // bf16 copy of the latent part: S^T runs on e4m3 wgmma with K from the stage (ldmatrix into
 // registers) and Q as three e4m3 terms; O^T, whose V^T operand is MN-major (no 8-bit wgmma
-// takes that), converts the bytes into bf16 A fragments in registers. The scales act outside
+// takes that), converts the bytes into f16 A fragments in registers. The scales act outside
 // the products: on the S^T sum of each 128-dim group per token, and folded into P^T (one copy
-// per group). small_fp8.cuh, docs/perf-log.md v14.
+// per group). small_fp8.cuh, docs/perf-log.md v14, v15.
 constexpr int kFp8LatentBytes = 4 * kBlockN * 128;
 constexpr int kFp8RopeOffset = kFp8LatentBytes;
 constexpr int kFp8ScalesOffset = kFp8RopeOffset + kSubTileBytes;
 constexpr int kFp8StageBytes = kFp8ScalesOffset + kBlockN * 16;  // 41 KiB
 constexpr int kFp8Stages = 4;
-constexpr int kFp8POffset = kFp8Stages * kFp8StageBytes;  // then P^T: [buffer][group]
-constexpr int kFp8PBytes = kSmallRows * kBlockN * 2;
-// Q for the e4m3 S^T: three e4m3 terms of the scaled latent part ([group][16 rows][128 B],
-// 128B-swizzled, 8 KiB each) and the bf16 RoPE sub-tile (2 KiB). Terms 0, 1 and the RoPE
-// take the place of the 16-bit Q (18 KiB), term 2 the end of the ring.
-constexpr int kFp8QTermBytes = 4 * kSmallRows * 128;
+constexpr int kFp8PBytes = kSmallRows * kBlockN * 2;  // P^T of one group: [row][token] f16
+// The FP8 plan overlays SmallStorage's q, p and ring (byte offsets from its start):
+// Q as three e4m3 terms of the scaled latent part, [group][term][16 rows][128 B] (128B-swizzled,
+// 6 KiB a group: the three terms of a group are the 48 rows of one m64n48k32 B operand), the
+// four stages, P^T [buffer][group], and Q's bf16 RoPE sub-tile (2 KiB).
+constexpr int kFp8QGroupBytes = 3 * kSmallRows * 128;
+constexpr int kFp8StagesOffset = 4 * kFp8QGroupBytes;
+constexpr int kFp8POffset = kFp8StagesOffset + kFp8Stages * kFp8StageBytes;
+constexpr int kFp8QRopeOffset = kFp8POffset + 2 * 4 * kFp8PBytes;
+constexpr int kFp8PlanBytes = kFp8QRopeOffset + kSmallRows * 128;
 // Each Q row is scaled by 2^k (exact) so that its largest |q|, mx, lands in (224, 448], e4m3's
 // top binade. k is clamped to [-126, 126] so that 2^k and 2^-k stay normal floats: a row of
 // values so small that 448 / mx would overflow keeps finite terms (no 0 * inf = NaN). Zero or
@@ -75,12 +85,9 @@ __host__ __device__ inline float small_pow2(int k) {  // 2^k for k in [-126, 127
   memcpy(&f, &bits, sizeof f);
   return f;
 }
-constexpr int kFp8QRopeOffset = 2 * kFp8QTermBytes;  // in SmallStorage::q
-constexpr int kFp8QTerm2Offset = kFp8POffset + 2 * 4 * kFp8PBytes;  // in the ring
-static_assert(kFp8StageBytes % 1024 == 0, "stages keep the 1024-byte swizzle atom");
-static_assert(kFp8QRopeOffset + kSmallRows * 128 <= kSubTiles * kSmallRows * kSubCols * 2,
-              "FP8 Q terms 0, 1 and RoPE exceed the 16-bit Q");
-static_assert(kFp8QTerm2Offset + kFp8QTermBytes <= kSmallRingBytes, "FP8 plan exceeds the ring");
+static_assert(kFp8StageBytes % 1024 == 0 && kFp8StagesOffset % 1024 == 0 && kFp8POffset % 1024 == 0 &&
+                  kFp8QRopeOffset % 1024 == 0,
+              "FP8 stages, P^T and Q keep the 1024-byte swizzle atom");
 
 // Named barriers (id 0 is __syncthreads). The first five are the scores warpgroup's own (128
 // threads); the P hand-off ones pair it with the values warpgroup (256), per P buffer.
@@ -94,6 +101,7 @@ enum class SmallBarrier : int {
   kPFull1 = 7,
   kPEmpty0 = 8,        // the values warpgroup's O^T is done with P^T buffer 0: scores may write
   kPEmpty1 = 9,
+  kVTailZeroed = 10,   // FP8: the values warpgroup zeroed the stage's rows past the sequence end
 };
 constexpr int kSmallHandoffThreads = 256;
 
@@ -110,11 +118,20 @@ struct alignas(1024) SmallStorage {
   float fin_max[2][kSmallRows];
   float fin_sum[2][kSmallRows];
   float q_unscale[kSmallRows];  // FP8: 1 / the power of two Q's latent row was scaled by
+  // FP8, per 128-dim group: each warp's largest scale of the tile (per tile parity), and per P
+  // buffer the rescale of O's group blocks (old / new running scale bound) and, for the last
+  // tile of a piece, the bound itself (P^T is in units of it).
+  float red_smax[2][4][4];
+  float gfac[2][4];
+  float fin_gmax[2][4];
   uint64_t full[kSmallSlots16];   // 16-bit: slot holds its sub-tile (TMA bytes)
   uint64_t empty[kSmallSlots16];  // 16-bit: the math is done with the slot
   uint64_t staged_full[kFp8Stages];   // FP8: the tile's records landed
   uint64_t staged_empty[kFp8Stages];  // FP8: the values warpgroup's O^T is done with them
 };
+
+static_assert(kFp8PlanBytes <= offsetof(SmallStorage, ring) + kSmallRingBytes,
+              "FP8 plan exceeds SmallStorage's q, p and ring");
 
 constexpr int kSmallSmemBytes = static_cast<int>(sizeof(SmallStorage)) + 1024;
 static_assert(kSmallSmemBytes <= 232448, "small-head shared memory plan exceeds 227 KiB");

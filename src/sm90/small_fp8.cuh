@@ -1,6 +1,6 @@
 // The FP8 pieces of the small-head kernel (small_kernel.cuh): the TMA producer of whole-tile
 // stages, Q as three e4m3 terms for the e4m3 S^T, and the A-fragment loader that turns staged
-// e4m3 bytes into bf16 O^T operands in registers.
+// e4m3 bytes into f16 O^T operands in registers.
 //
 // Why: expanding the records into bf16 sub-tiles in shared memory (v13) cost two warpgroups,
 // 104 KiB of shared traffic per tile and a ring slot per sub-tile from expansion to O^T. Now
@@ -8,10 +8,11 @@
 // A is V^T (MN-major: no 8-bit wgmma), converts in registers; an m64n16k16 with A from
 // registers also issues in 13 clocks instead of 20 (docs/perf-log.md v14).
 //
-// Conversion: fp8::e4m3x4_to_bf16x2_pairs, exact and finite for every byte (stale or NaN tail
-// rows come out finite and are multiplied by P = 0). The scales are applied outside the
-// products: S^T keeps one accumulator per 128-dim group and scales it per token, and O^T reads
-// P^T scaled per group.
+// Conversion: fp8::e4m3x4_to_f16x2_pairs (exact; NaN stays NaN, so the values warpgroup zeroes
+// a partial tile's rows past the sequence end before O^T reads them). The scales are applied
+// outside the products: S^T keeps one accumulator per 128-dim group and scales it per token,
+// and O^T reads P^T scaled per group, in fp16 relative to the group's running scale bound
+// (small_kernel.cuh, small_scores).
 #pragma once
 
 #include "fp8_record.cuh"
@@ -21,12 +22,13 @@
 
 namespace flashmla::sm90 {
 
+__device__ __forceinline__ char* fp8_plan(SmallStorage& s) { return reinterpret_cast<char*>(&s); }
 __device__ __forceinline__ char* fp8_stage(SmallStorage& s, int i) {
-  return s.ring + i * kFp8StageBytes;
+  return fp8_plan(s) + kFp8StagesOffset + i * kFp8StageBytes;
 }
-// P^T of one 128-dim group of one buffer: [row][token] bf16, 128B-swizzled, K-major.
+// P^T of one 128-dim group of one buffer: [row][token] f16, 128B-swizzled, K-major.
 __device__ __forceinline__ char* fp8_p(SmallStorage& s, int buf, int group) {
-  return s.ring + kFp8POffset + (buf * 4 + group) * kFp8PBytes;
+  return fp8_plan(s) + kFp8POffset + (buf * 4 + group) * kFp8PBytes;
 }
 
 // Tile n of the part: its stage and the stage's phase (staged_full; staged_empty one lap behind).
@@ -47,21 +49,21 @@ __device__ __forceinline__ void small_tma_fp8(const MlaDecodeParams& p, const Kv
   }
 }
 
-// Q term t (0..2) of the e4m3 S^T: [group][16 rows][128 B], 128B-swizzled, K-major.
-__device__ __forceinline__ char* fp8_q_term(SmallStorage& s, int t) {
-  return t < 2 ? reinterpret_cast<char*>(s.q) + t * kFp8QTermBytes : s.ring + kFp8QTerm2Offset;
+// The three e4m3 Q terms of 128-dim group j for the e4m3 S^T: [term][16 rows][128 B],
+// 128B-swizzled, K-major (the 48 rows of one m64n48k32 B operand).
+__device__ __forceinline__ char* fp8_q_group(SmallStorage& s, int j) {
+  return fp8_plan(s) + j * kFp8QGroupBytes;
 }
-__device__ __forceinline__ char* fp8_q_rope(SmallStorage& s) {
-  return reinterpret_cast<char*>(s.q) + kFp8QRopeOffset;
-}
+__device__ __forceinline__ char* fp8_q_rope(SmallStorage& s) { return fp8_plan(s) + kFp8QRopeOffset; }
 
 // Q of sequence i for the e4m3 S^T. Row r's latent part times a power of two 2^e_r (its largest
 // |q| lands in (224, 448]: small_q_scale_exponent) is written as the sum of three e4m3 terms,
 // each the rounding of what the previous ones left, so S^T = sum_t K Q_t^T / 2^e_r. Error per
 // element after three terms: at most 2^-12 of the row's largest |q| (2^-12 relative near it;
 // e4m3's subnormal step bounds the small elements), so a score moves by far less than the
-// bf16 rounding of K moves it in the 16-bit path. The RoPE part stays bf16 (its wgmma is bf16). Thread (row = tid / 8, u = tid % 8): dims 64 u .. of the latent part,
-// 8 u .. of the RoPE part, all its loads in flight together.
+// bf16 rounding of K moves it in the 16-bit path. The RoPE part stays bf16 (its wgmma is
+// bf16). Thread (row = tid / 8, u = tid % 8): dims 64 u .. of the latent part, 8 u .. of the
+// RoPE part, all its loads in flight together.
 __device__ __forceinline__ void load_q_fp8(const MlaDecodeParams& p, SmallStorage& s, int i,
                                            int kv_head, int tid) {
   const int heads_per_kv = p.num_heads_q / p.num_heads_kv;
@@ -109,7 +111,7 @@ __device__ __forceinline__ void load_q_fp8(const MlaDecodeParams& p, SmallStorag
   const int group = u / 2, sw = row & 7;
 #pragma unroll
   for (int t = 0; t < 3; ++t) {
-    char* dst = fp8_q_term(s, t) + group * (kSmallRows * 128) + row * 128;
+    char* dst = fp8_q_group(s, group) + (t * kSmallRows + row) * 128;
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
       *reinterpret_cast<uint4*>(dst + (((4 * (u % 2) + c) ^ sw) << 4)) =
@@ -130,7 +132,7 @@ __device__ __forceinline__ void fp8_k_fragments(uint32_t stage, int j, int kk, i
   ldmatrix_x4(a, stage + j * (kBlockN * 128) + tok * 128 + (((2 * kk + (mi >> 1)) ^ r) << 4));
 }
 
-// O^T A fragments of block jb (dims 64 jb ..), k steps kk and kk + 1 (tokens 16 kk ..) for warp
+// O^T A fragments (f16) of block jb (dims 64 jb ..), k steps kk and kk + 1 (tokens 16 kk ..) for warp
 // `warp`, whose 16 dims are the stage's chunk 4 (jb % 2) + warp of group jb / 2. ldmatrix.trans
 // matrices: tokens +0..7 / +8..15 of step kk, then of kk + 1; thread (g, q) gets dims 2g, 2g + 1
 // of tokens 2q, 2q + 1 (bytes d0 t0, d1 t0, d0 t1, d1 t1). Fragment row g is dim 2g and row
@@ -144,8 +146,8 @@ __device__ __forceinline__ void fp8_v_fragments(uint32_t stage, int jb, int kk, 
   ldmatrix_x4_trans(x, stage + (jb / 2) * (kBlockN * 128) + tok * 128 + ((chunk ^ r) << 4));
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    fp8::e4m3x4_to_bf16x2_pairs(x[2 * h], a[h][0], a[h][1]);      // dims 2g, 2g + 1
-    fp8::e4m3x4_to_bf16x2_pairs(x[2 * h + 1], a[h][2], a[h][3]);  // tokens + 8
+    fp8::e4m3x4_to_f16x2_pairs(x[2 * h], a[h][0], a[h][1]);      // dims 2g, 2g + 1
+    fp8::e4m3x4_to_f16x2_pairs(x[2 * h + 1], a[h][2], a[h][3]);  // tokens + 8
   }
 }
 

@@ -6,12 +6,12 @@
 // its N: S^T = K Q^T (A = the K sub-tile, B = Q, both K-major) and O^T = V^T P^T (A = the V
 // sub-tile read MN-major, B = P^T), 68 m64n16k16 per tile instead of the wide kernel's 64-row
 // padding (4x its tensor work at h_q = 16). Two math warpgroups pipeline across tiles: the
-// scores warpgroup does S^T and the softmax (the column maxima cross its four warps through
-// shared memory) and hands P^T over in one of two buffers, the values warpgroup does O^T and
-// the epilogue. 16-bit caches: a sub-tile-grained ring, each slot refilled by TMA as soon as it
-// is released (this file). FP8 caches: whole-tile stages of raw records, read by e4m3 wgmma
-// for S^T and converted to bf16 in registers for O^T (small_fp8.cuh). docs/design.md,
-// docs/perf-log.md v13, v14.
+// scores warpgroup does S^T and the softmax (a lazy offset: the column maxima cross its four
+// warps through shared memory only when a score passes it by 2^8) and hands P^T over in one of
+// two buffers, the values warpgroup does O^T and the epilogue. 16-bit caches: a sub-tile-grained
+// ring, each slot refilled by TMA as soon as it is released (this file). FP8 caches: whole-tile
+// stages of raw records, read by e4m3 wgmma for S^T and converted to f16 in registers for O^T
+// (small_fp8.cuh). docs/design.md, docs/perf-log.md v13, v14, v15.
 #pragma once
 
 #include "fp8_record.cuh"
@@ -125,14 +125,13 @@ __device__ __forceinline__ void small_scores_16bit(SmallStorage& s, RingPos& pos
 }
 
 // S^T of one tile, FP8 caches: the RoPE sub-tile (bf16) and the latent part as e4m3 wgmmas
-// with A = K from registers (fp8_k_fragments: the stage's bytes as they are, loaded once for
-// Q's three e4m3 terms, load_q_fp8), one sum per 128-dim group, each scaled per token by its
-// group scale, then by Q's row unscale.
+// with A = K from registers (fp8_k_fragments: the stage's bytes as they are) and B = Q's three
+// e4m3 terms of the group side by side (m64n48k32, load_q_fp8), one accumulator per 128-dim
+// group, each term's sum scaled per token by its group scale, then by Q's row unscale.
 // Precision: an e4m3 wgmma keeps its accumulator to about 14 bits (DeepSeek-V3 report,
 // sec. 3.3.2), so chaining the leading term's 16 products and the small terms onto one
-// accumulator lost ~2^-9 of a score (a failed lse test). The leading term chains over one group
-// (128 products, the interval that report uses) and is added in fp32 to the small terms
-// (<= 2^-4 of a score), which chain on their own accumulator.
+// accumulator lost ~2^-9 of a score (a failed lse test). Here every term chains over one group
+// only (128 products, the interval that report uses), and the three are added in fp32.
 __device__ __forceinline__ void small_scores_fp8(SmallStorage& s, int stage_index, const SmallFragment& f,
                                                  int lane, const float (&unscale)[4], float (&sc)[8],
                                                  float4& s0, float4& s1) {
@@ -140,12 +139,13 @@ __device__ __forceinline__ void small_scores_fp8(SmallStorage& s, int stage_inde
   const uint32_t st = smem_addr(stage);
   const uint64_t rope_desc = make_desc_sw128(st + kFp8RopeOffset, 16, 1024);
   const uint64_t q_rope_desc = make_desc_sw128(smem_addr(fp8_q_rope(s)), 16, 1024);
+  const uint64_t q_desc = make_desc_sw128(smem_addr(fp8_q_group(s, 0)), 16, 1024);
   uint32_t a[4][4][4];  // [group][k step][register]
 #pragma unroll
   for (int j = 0; j < 4; ++j)
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) fp8_k_fragments(st, j, kk, f.warp, lane, a[j][kk]);
-  float lead[4][8], small[4][8], rope[8];
+  float acc[4][24], rope[8];  // acc[j]: registers 8 t .. 8 t + 7 are Q term t
   wgmma_fence();
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
@@ -153,25 +153,15 @@ __device__ __forceinline__ void small_scores_fp8(SmallStorage& s, int stage_inde
                                       k > 0);
   }
 #pragma unroll
-  for (int t = 0; t < 3; ++t) {
-    const uint64_t q_desc = make_desc_sw128(smem_addr(fp8_q_term(s, t)), 16, 1024);
+  for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {  // consecutive wgmmas independent (see small_scores_16bit)
-        // lead starts at the term's k step 0, small at the first k step of term 1
-        const bool starts = kk == 0 && t < 2;
-        wgmma_m64n16k32_e4m3_rs(t == 0 ? lead[j] : small[j], a[j][kk],
-                                desc_advance(q_desc, j * (kSmallRows * 128) + kk * 32), !starts);
-      }
-  }
+    for (int j = 0; j < 4; ++j) {  // consecutive wgmmas independent (see small_scores_16bit)
+      wgmma_m64n48k32_e4m3_rs(acc[j], a[j][kk], desc_advance_lo(q_desc, j * kFp8QGroupBytes + kk * 32), kk > 0);
+    }
   wgmma_commit();
   wgmma_wait<0>();
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    fence_operands(lead[j]);
-    fence_operands(small[j]);
-  }
+  for (int j = 0; j < 4; ++j) fence_operands(acc[j]);
   fence_operands(rope);
   s0 = *reinterpret_cast<const float4*>(stage + kFp8ScalesOffset + f.tok0 * 16);
   s1 = *reinterpret_cast<const float4*>(stage + kFp8ScalesOffset + f.tok1 * 16);
@@ -180,7 +170,7 @@ __device__ __forceinline__ void small_scores_fp8(SmallStorage& s, int stage_inde
     const float4& c = (e & 2) ? s1 : s0;  // registers 2, 3, 6, 7 are the +8 row
     float g[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) g[j] = lead[j][e] + small[j][e];
+    for (int j = 0; j < 4; ++j) g[j] = acc[j][e] + (acc[j][8 + e] + acc[j][16 + e]);
     const float lat = (c.x * g[0] + c.y * g[1]) + (c.z * g[2] + c.w * g[3]);
     sc[e] = fmaf(lat, unscale[(e / 4) * 2 + (e % 2)], rope[e]);  // column ci of register e
   }
@@ -223,6 +213,13 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
       m[ci] = -INFINITY;  // running max of query row col(ci), log2 domain (same in all threads)
       l[ci] = 0.f;        // this thread's part of its row sum (its two tokens of every tile)
     }
+    // FP8, per 128-dim group: a power of two bounding every scale of the piece so far, and its
+    // inverse. P^T is fp16 in units of it (P * scale / bound <= P), exact to fp16 precision
+    // while a sequence's scales of one group stay within 2^14 of their running largest; below
+    // that, fp16 subnormals lose precision gradually.
+    float gmax[4], ginv[4];
+#pragma unroll
+    for (int g = 0; g < 4; ++g) gmax[g] = ginv[g] = 0.f;
 
     for (int blk = lo; blk < hi; ++blk, ++n) {
       const int buf = n % 2;
@@ -242,31 +239,91 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
       // Softmax down the token axis: per query row (column) the max over the tile's 64 tokens,
       // reduced over the lanes of a warp, then over the four warps through red_max.
       float mx[4];
+      bool grows = false;  // some score of this thread exceeds its row's max by > 2^kLazy
 #pragma unroll
       for (int ci = 0; ci < 4; ++ci) {
         float& a = sc[SmallFragment::reg(ci)];
         float& b = sc[SmallFragment::reg(ci) + 2];
         a = blk * kBlockN + f.tok0 < limit[ci] ? a : -INFINITY;
         b = blk * kBlockN + f.tok1 < limit[ci] ? b : -INFINITY;
-        float x = fmaxf(a, b);
-        x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 4));
-        x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 8));
-        mx[ci] = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 16));
+        mx[ci] = fmaxf(a, b);
+        grows |= mx[ci] * scale_log2 > m[ci] + kSmallLazyRescale;
       }
-      if (f.g == 0) {
+      // FP8: the scales of this thread's live tokens (stale rows past the end may hold NaN or
+      // anything: 0 here, and P = 0 below).
+      float sa[4], sb[4];
+      if constexpr (kFp8) {
+        const bool live0 = blk * kBlockN + f.tok0 < seqlen, live1 = blk * kBlockN + f.tok1 < seqlen;
+        const float ra[4] = {scale0.x, scale0.y, scale0.z, scale0.w};
+        const float rb[4] = {scale1.x, scale1.y, scale1.z, scale1.w};
 #pragma unroll
-        for (int ci = 0; ci < 4; ++ci) s.red_max[buf][f.warp][f.col(ci)] = mx[ci];
+        for (int g = 0; g < 4; ++g) {
+          sa[g] = live0 ? ra[g] : 0.f;
+          sb[g] = live1 ? rb[g] : 0.f;
+          grows |= fmaxf(sa[g], sb[g]) > gmax[g];
+        }
       }
-      small_sync(SmallBarrier::kMaxPublished);
+      float gf[4] = {1.f, 1.f, 1.f, 1.f};  // FP8: rescale of O's group blocks for this tile
+      // Lazy rescale: the offset m stays while no score passes it by more than kSmallLazyRescale
+      // (log2 domain), and a group's scale bound while no scale passes it, so most tiles skip
+      // the max exchange.
+      if (named_barrier_or(static_cast<int>(SmallBarrier::kMaxPublished), kSmallMathThreads, grows)) {
+        if constexpr (kFp8) {
+          // The tile's largest scale per group: lanes of a quad hold the same two tokens.
+#pragma unroll
+          for (int g = 0; g < 4; ++g) {
+            float x = fmaxf(sa[g], sb[g]);
+            x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 4));
+            x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 8));
+            x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 16));
+            if (tid % 32 == 0) s.red_smax[buf][f.warp][g] = x;
+          }
+        }
+#pragma unroll
+        for (int ci = 0; ci < 4; ++ci) {
+          float x = mx[ci];
+          x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 4));
+          x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 8));
+          mx[ci] = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 16));
+        }
+        if (f.g == 0) {
+#pragma unroll
+          for (int ci = 0; ci < 4; ++ci) s.red_max[buf][f.warp][f.col(ci)] = mx[ci];
+        }
+        small_sync(SmallBarrier::kMaxPublished);
+#pragma unroll
+        for (int ci = 0; ci < 4; ++ci) {
+          const int c = f.col(ci);
+          mx[ci] = fmaxf(fmaxf(s.red_max[buf][0][c], s.red_max[buf][1][c]),
+                         fmaxf(s.red_max[buf][2][c], s.red_max[buf][3][c]));
+        }
+        if constexpr (kFp8) {
+#pragma unroll
+          for (int g = 0; g < 4; ++g) {
+            const float x = fmaxf(fmaxf(s.red_smax[buf][0][g], s.red_smax[buf][1][g]),
+                                  fmaxf(s.red_smax[buf][2][g], s.red_smax[buf][3][g]));
+            if (x > gmax[g]) {
+              // The next power of two above x (2^e with e from its exponent field), kept in
+              // [2^-125, 2^126] so that the bound and its inverse are normal floats; scales
+              // past 2^126 give P^T <= 4 P, still far inside fp16.
+              const int e = min(max(static_cast<int>((__float_as_uint(x) >> 23) & 0xff) - 126, -125), 126);
+              const float bound = small_pow2(e), inv = small_pow2(-e);
+              gf[g] = gmax[g] * inv;  // exact (powers of two); 0 on the first tile (O is 0)
+              gmax[g] = bound;
+              ginv[g] = inv;
+            }
+          }
+        }
+      } else {
+#pragma unroll
+        for (int ci = 0; ci < 4; ++ci) mx[ci] = -INFINITY;  // keep m
+      }
       float alpha[4], p0[4], p1[4];
 #pragma unroll
       for (int ci = 0; ci < 4; ++ci) {
-        const int c = f.col(ci);
-        const float tile_max = fmaxf(fmaxf(s.red_max[buf][0][c], s.red_max[buf][1][c]),
-                                     fmaxf(s.red_max[buf][2][c], s.red_max[buf][3][c]));
-        const float now = fmaxf(m[ci], tile_max * scale_log2);
+        const float now = fmaxf(m[ci], mx[ci] * scale_log2);
         const float use = now == -INFINITY ? 0.f : now;  // no key seen yet: exp2 gives 0
-        alpha[ci] = fast_exp2(m[ci] - use);
+        alpha[ci] = now == m[ci] ? 1.f : fast_exp2(m[ci] - use);
         m[ci] = now;
         p0[ci] = fast_exp2(fmaf(sc[SmallFragment::reg(ci)], scale_log2, -use));
         p1[ci] = fast_exp2(fmaf(sc[SmallFragment::reg(ci) + 2], scale_log2, -use));
@@ -274,28 +331,37 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
       }
       // The values warpgroup's O^T of tile n - 2 read this buffer; the first two are free.
       if (n >= 2) named_barrier_sync(static_cast<int>(SmallBarrier::kPEmpty0) + buf, kSmallHandoffThreads);
+      // P^T [row][token] by one transposing stmatrix per warp and buffer: the warp's 16 tokens
+      // x 16 rows as four 8x8 matrices (tok0 / tok1 x columns 0-7 / 8-15), register pairs of
+      // adjacent columns of one token.
+      const uint32_t pt_offset = swizzled_offset(8 * (tid % 32 / 16) + tid % 8, 16 * f.warp + 8 * (tid % 16 / 8));
+      if constexpr (kFp8) {
+        // Per 128-dim group in fp16, times the token's group scale over the group's bound
+        // (masked tokens: P = 0 even where a stale scale is NaN).
+#pragma unroll
+        for (int g = 0; g < 4; ++g) {
+          const float ua = sa[g] * ginv[g], ub = sb[g] * ginv[g];
+          auto pv = [&](float x, float u) { return x > 0.f ? x * u : 0.f; };
+          stmatrix_x4_trans(smem_addr(fp8_p(s, buf, g)) + pt_offset,
+                            pack_bits<__half>(pv(p0[0], ua), pv(p0[1], ua)), pack_bits<__half>(pv(p1[0], ub), pv(p1[1], ub)),
+                            pack_bits<__half>(pv(p0[2], ua), pv(p0[3], ua)), pack_bits<__half>(pv(p1[2], ub), pv(p1[3], ub)));
+        }
+      } else {
+        stmatrix_x4_trans(smem_addr(s.p[buf]) + pt_offset, pack_bits<T>(p0[0], p0[1]), pack_bits<T>(p1[0], p1[1]),
+                          pack_bits<T>(p0[2], p0[3]), pack_bits<T>(p1[2], p1[3]));
+      }
 #pragma unroll
       for (int ci = 0; ci < 4; ++ci) {
-        const int c = f.col(ci);
-        if constexpr (kFp8) {
-          // P^T per 128-dim group, times the group scale of the token (masked tokens: P = 0
-          // even where a stale scale is NaN).
-          const float sa[4] = {scale0.x, scale0.y, scale0.z, scale0.w};
-          const float sb[4] = {scale1.x, scale1.y, scale1.z, scale1.w};
+        if (f.warp == 0 && f.g == 0) s.alpha[buf][f.col(ci)] = alpha[ci];
+      }
+      if constexpr (kFp8) {
+        if (tid == 0) {
 #pragma unroll
           for (int g = 0; g < 4; ++g) {
-            char* sp = fp8_p(s, buf, g);
-            *reinterpret_cast<T*>(sp + swizzled_offset(c, f.tok0)) =
-                ElementOps<T>::from_float(p0[ci] > 0.f ? p0[ci] * sa[g] : 0.f);
-            *reinterpret_cast<T*>(sp + swizzled_offset(c, f.tok1)) =
-                ElementOps<T>::from_float(p1[ci] > 0.f ? p1[ci] * sb[g] : 0.f);
+            s.gfac[buf][g] = gf[g];
+            if (blk == hi - 1) s.fin_gmax[buf][g] = gmax[g];
           }
-        } else {
-          char* sp = reinterpret_cast<char*>(s.p[buf]);
-          *reinterpret_cast<T*>(sp + swizzled_offset(c, f.tok0)) = ElementOps<T>::from_float(p0[ci]);
-          *reinterpret_cast<T*>(sp + swizzled_offset(c, f.tok1)) = ElementOps<T>::from_float(p1[ci]);
         }
-        if (f.warp == 0 && f.g == 0) s.alpha[buf][c] = alpha[ci];
       }
       if (blk == hi - 1) {
         // Last tile of the piece: the row sums over lanes and warps, with the row maxima, for
@@ -391,7 +457,7 @@ __device__ __forceinline__ void small_values_fp8(SmallStorage& s, int stage_inde
     for (int kk = 0; kk < kBlockN / 16; ++kk)
 #pragma unroll
       for (int u = 0; u < 2; ++u)
-        wgmma_m64n16k16_rs(o[2 * q + u], a[q % 2][u][kk / 2][kk % 2], desc_advance(p_desc, kk * 32), 1);
+        wgmma_m64n16k16_f16_rs(o[2 * q + u], a[q % 2][u][kk / 2][kk % 2], desc_advance(p_desc, kk * 32), 1);
     wgmma_commit();
   }
   wgmma_wait<0>();
@@ -430,11 +496,30 @@ __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStor
 #pragma unroll
       for (int k = 0; k < 8; ++k) o[j][k] = 0.f;
     float fin_max[4], fin_sum[4];
+    float fin_gmax[4] = {1.f, 1.f, 1.f, 1.f};  // FP8: the unit of P^T per group at the end
 
     for (int blk = lo; blk < hi; ++blk, ++n) {
       const int buf = n % 2;
       named_barrier_sync(static_cast<int>(SmallBarrier::kPFull0) + buf, kSmallHandoffThreads);
-      if constexpr (kFp8) mbar_wait(&s.staged_full[fp8_stage_of(n)], fp8_phase_of(n));  // visibility
+      float gf[4] = {1.f, 1.f, 1.f, 1.f};  // FP8: rescale of the group blocks of O
+      if constexpr (kFp8) {
+        char* stage = fp8_stage(s, fp8_stage_of(n));
+        mbar_wait(&s.staged_full[fp8_stage_of(n)], fp8_phase_of(n));  // visibility
+        // Rows past the sequence end hold whatever the stage had (e4m3 NaN included, which the
+        // f16 conversion keeps): zero them, since O^T multiplies them by P = 0. The scores
+        // warpgroup is done with this stage (it handed P^T over).
+        const int valid = seqlen - blk * kBlockN;
+        if (valid < kBlockN) {
+          for (int c = valid * 8 + tid; c < kBlockN * 8; c += kSmallMathThreads)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+              *reinterpret_cast<uint4*>(stage + j * (kBlockN * 128) + c * 16) = make_uint4(0, 0, 0, 0);
+          fence_proxy_async();  // before TMA refills the stage
+          named_barrier_sync(static_cast<int>(SmallBarrier::kVTailZeroed), kSmallMathThreads);
+        }
+#pragma unroll
+        for (int g = 0; g < 4; ++g) gf[g] = s.gfac[buf][g];
+      }
       float alpha[4];
 #pragma unroll
       for (int ci = 0; ci < 4; ++ci) alpha[ci] = s.alpha[buf][f.col(ci)];
@@ -444,15 +529,21 @@ __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStor
           fin_max[ci] = s.fin_max[buf][f.col(ci)];
           fin_sum[ci] = s.fin_sum[buf][f.col(ci)];
         }
+        if constexpr (kFp8) {
+#pragma unroll
+          for (int g = 0; g < 4; ++g) fin_gmax[g] = s.fin_gmax[buf][g];
+        }
       }
       if (!__all_sync(0xffffffff, alpha[0] == 1.f && alpha[1] == 1.f && alpha[2] == 1.f &&
-                                      alpha[3] == 1.f)) {
+                                      alpha[3] == 1.f && gf[0] == 1.f && gf[1] == 1.f &&
+                                      gf[2] == 1.f && gf[3] == 1.f)) {
 #pragma unroll
         for (int j = 0; j < 8; ++j)
 #pragma unroll
           for (int ci = 0; ci < 4; ++ci) {
-            o[j][SmallFragment::reg(ci)] *= alpha[ci];
-            o[j][SmallFragment::reg(ci) + 2] *= alpha[ci];
+            const float x = alpha[ci] * gf[j / 2];
+            o[j][SmallFragment::reg(ci)] *= x;
+            o[j][SmallFragment::reg(ci) + 2] *= x;
           }
       }
 #pragma unroll
@@ -486,8 +577,9 @@ __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStor
                  h * p.o_head_stride;
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
-          out[64 * j + dim0] = ElementOps<T>::from_float(o[j][r0] * inv);
-          out[64 * j + dim1] = ElementOps<T>::from_float(o[j][r1] * inv);
+          const float x = inv * fin_gmax[j / 2];
+          out[64 * j + dim0] = ElementOps<T>::from_float(o[j][r0] * x);
+          out[64 * j + dim1] = ElementOps<T>::from_float(o[j][r1] * x);
         }
         if (f.warp == 0 && f.g == 0) {
           p.lse[(static_cast<int64_t>(i) * p.num_heads_q + h) * p.seqlen_q + sq] =
@@ -498,8 +590,9 @@ __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStor
         float* oa = p.o_accum + idx * kHeadDimV;
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
-          oa[64 * j + dim0] = o[j][r0] * inv;
-          oa[64 * j + dim1] = o[j][r1] * inv;
+          const float x = inv * fin_gmax[j / 2];
+          oa[64 * j + dim0] = o[j][r0] * x;
+          oa[64 * j + dim1] = o[j][r1] * x;
         }
         if (f.warp == 0 && f.g == 0) p.lse_accum[idx] = lse2;
       }

@@ -54,8 +54,8 @@ def _run(q, kv, table, lens, causal, softmax_scale=None, is_fp8_kvcache=False):
 def _assert_matches(out, lse, q, kv, table, seqlens, causal, scale=DEFAULT_SCALE):
     # Same tolerances for bf16 and fp16 (fp16 has 3 more mantissa bits: this is looser for it).
     # An FP8 kv (records [..., 656]): out against the exactly dequantized cache in float64, lse
-    # against the exact cache or its bf16 rounding, whichever the kernel follows
-    # (ref.reference_errors).
+    # against the exact cache or its bf16 rounding, the one the kernel follows by the dispatch
+    # rule (ref.reference_errors, ref.reads_exact_fp8).
     b, s_q, h_q, _ = q.shape
     assert out.shape == (b, s_q, h_q, ref.HEAD_DIM_V) and out.dtype == q.dtype
     assert lse.shape == (b, h_q, s_q) and lse.dtype == torch.float32
