@@ -89,12 +89,14 @@ static_assert(kFp8StageBytes % 1024 == 0 && kFp8StagesOffset % 1024 == 0 && kFp8
                   kFp8QRopeOffset % 1024 == 0,
               "FP8 stages, P^T and Q keep the 1024-byte swizzle atom");
 
-// Named barriers (id 0 is __syncthreads). The first five are the scores warpgroup's own (128
-// threads); the P hand-off ones pair it with the values warpgroup (256), per P buffer.
+// Named barriers (id 0 is __syncthreads). kQFree .. kSumPublished are the scores warpgroup's
+// own and kVTailZeroed the values warpgroup's (128 threads); the P hand-off ones pair the two
+// (256), per P buffer.
 enum class SmallBarrier : int {
   kQFree = 1,          // every scores thread is done with the previous piece's Q and row sums
   kQReady = 2,         // the piece's Q is in sQ
-  kMaxPublished = 3,   // every warp's column maxima of the tile are in red_max
+  kMaxPublished = 3,   // the lazy vote is in; then: every warp's column maxima (and FP8 scale
+                       // maxima) of the tile are in red_max (red_smax)
   kTailZeroed = 4,     // rows past the sequence end of the sub-tile are zeroed (16-bit caches)
   kSumPublished = 5,   // every warp's row sums of the piece are in red_sum
   kPFull0 = 6,         // P^T buffer 0 (and its alpha, final row stats) written: values may read

@@ -6,7 +6,8 @@
 // 104 KiB of shared traffic per tile and a ring slot per sub-tile from expansion to O^T. Now
 // S^T reads K as the e4m3 it is (8-bit wgmma, K-major, which the records are), and O^T, whose
 // A is V^T (MN-major: no 8-bit wgmma), converts in registers; an m64n16k16 with A from
-// registers also issues in 13 clocks instead of 20 (docs/perf-log.md v14).
+// registers also issues in 13 clocks instead of 20 (bf16 and f16 alike, docs/perf-log.md v14,
+// v15).
 //
 // Conversion: fp8::e4m3x4_to_f16x2_pairs (exact; NaN stays NaN, so the values warpgroup zeroes
 // a partial tile's rows past the sequence end before O^T reads them). The scales are applied

@@ -186,7 +186,7 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
   const float scale_log2 = p.softmax_scale * 1.4426950408889634f;
 
   RingPos pos;
-  int n = 0;  // tiles of the part so far: P buffer n % 2, red_max buffer too
+  int n = 0;  // tiles of the part so far: P buffer n % 2, red_max and red_smax buffer too
   for (int i = walk.batch_begin; i <= walk.batch_end && i < p.batch; ++i) {
     const int seqlen = small_uniform(p.cache_seqlens[i]);
     const int lo = small_uniform(walk.lo(i)), hi = small_uniform(walk.hi(i, num_kv_blocks(seqlen)));
@@ -213,10 +213,12 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
       m[ci] = -INFINITY;  // running max of query row col(ci), log2 domain (same in all threads)
       l[ci] = 0.f;        // this thread's part of its row sum (its two tokens of every tile)
     }
-    // FP8, per 128-dim group: a power of two bounding every scale of the piece so far, and its
-    // inverse. P^T is fp16 in units of it (P * scale / bound <= P), exact to fp16 precision
-    // while a sequence's scales of one group stay within 2^14 of their running largest; below
-    // that, fp16 subnormals lose precision gradually.
+    // FP8, per 128-dim group: a power of two bounding every |scale| of the piece so far, and its
+    // inverse. P^T is fp16 in units of it (P * scale / bound <= P): exact to fp16 precision for
+    // tokens whose scale is within 2^14 of the piece's largest in that group; further below,
+    // fp16 subnormals lose precision gradually, which the output shows only if such tokens
+    // carry its weight while a larger-scale token does not (e.g. an all-zero group stored with
+    // scale 1 beside latents of amax < ~0.03; docs/perf-log.md v15).
     float gmax[4], ginv[4];
 #pragma unroll
     for (int g = 0; g < 4; ++g) gmax[g] = ginv[g] = 0.f;
@@ -237,9 +239,10 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
       }
 
       // Softmax down the token axis: per query row (column) the max over the tile's 64 tokens,
-      // reduced over the lanes of a warp, then over the four warps through red_max.
+      // reduced over the lanes of a warp, then over the four warps through red_max, when the
+      // lazy vote below asks for it.
       float mx[4];
-      bool grows = false;  // some score of this thread exceeds its row's max by > 2^kLazy
+      bool grows = false;  // a score of this thread passes its row's offset m by > kSmallLazyRescale
 #pragma unroll
       for (int ci = 0; ci < 4; ++ci) {
         float& a = sc[SmallFragment::reg(ci)];
@@ -260,7 +263,7 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
         for (int g = 0; g < 4; ++g) {
           sa[g] = live0 ? ra[g] : 0.f;
           sb[g] = live1 ? rb[g] : 0.f;
-          grows |= fmaxf(sa[g], sb[g]) > gmax[g];
+          grows |= fmaxf(fabsf(sa[g]), fabsf(sb[g])) > gmax[g];  // the bound is on |scale|
         }
       }
       float gf[4] = {1.f, 1.f, 1.f, 1.f};  // FP8: rescale of O's group blocks for this tile
@@ -272,7 +275,7 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
           // The tile's largest scale per group: lanes of a quad hold the same two tokens.
 #pragma unroll
           for (int g = 0; g < 4; ++g) {
-            float x = fmaxf(sa[g], sb[g]);
+            float x = fmaxf(fabsf(sa[g]), fabsf(sb[g]));
             x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 4));
             x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 8));
             x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 16));
