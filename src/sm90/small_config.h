@@ -79,6 +79,17 @@ __host__ __device__ inline int small_q_scale_exponent(float mx) {
   if (ldexpf(mx, k) > 448.f) --k;
   return k < -126 ? -126 : (k > 126 ? 126 : k);
 }
+// The FP8 P^T bound (small_kernel.cuh): the exponent e of a power of two 2^e > x, from x's
+// exponent field, kept in [-125, 126] so that 2^e and 2^-e are normal floats (a scale past
+// 2^126 then gives P^T <= 4 P, still far inside fp16). For x > 0, inf included.
+// Host-callable for its unit test (test_fp8_cache).
+__host__ __device__ inline int small_scale_bound_exponent(float x) {
+  uint32_t bits;
+  memcpy(&bits, &x, sizeof bits);
+  const int e = static_cast<int>((bits >> 23) & 0xff) - 126;
+  const int lo = e < -125 ? -125 : e;
+  return lo > 126 ? 126 : lo;
+}
 __host__ __device__ inline float small_pow2(int k) {  // 2^k for k in [-126, 127], exact
   uint32_t bits = static_cast<uint32_t>(k + 127) << 23;
   float f;

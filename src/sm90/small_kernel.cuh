@@ -306,10 +306,7 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
             const float x = fmaxf(fmaxf(s.red_smax[buf][0][g], s.red_smax[buf][1][g]),
                                   fmaxf(s.red_smax[buf][2][g], s.red_smax[buf][3][g]));
             if (x > gmax[g]) {
-              // The next power of two above x (2^e with e from its exponent field), kept in
-              // [2^-125, 2^126] so that the bound and its inverse are normal floats; scales
-              // past 2^126 give P^T <= 4 P, still far inside fp16.
-              const int e = min(max(static_cast<int>((__float_as_uint(x) >> 23) & 0xff) - 126, -125), 126);
+              const int e = small_scale_bound_exponent(x);
               const float bound = small_pow2(e), inv = small_pow2(-e);
               gf[g] = gmax[g] * inv;  // exact (powers of two); 0 on the first tile (O is 0)
               gmax[g] = bound;

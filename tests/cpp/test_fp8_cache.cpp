@@ -84,6 +84,32 @@ TEST(Fp8Host, SmallKernelQScaleIsAFinitePowerOfTwo) {
     EXPECT_EQ(small_q_scale_exponent(m), 0) << m;
 }
 
+// The FP8 small-head kernel's P^T bound: 2^e above every scale it covers, e in [-125, 126]
+// (2^e and 2^-e normal floats), at most 2x too large in the normal range.
+TEST(Fp8Host, SmallKernelScaleBoundIsAPowerOfTwoAbove) {
+  using flashmla::sm90::small_pow2;
+  using flashmla::sm90::small_scale_bound_exponent;
+  std::vector<float> xs = {std::numeric_limits<float>::denorm_min(), 1e-40f, 1e-38f, 2.4e-38f, 1e-30f, 1e-3f,
+                           0.5f, 0.75f, 1.f, 1.5f, 448.f, 1e30f, 8.5e37f, 1e38f, std::numeric_limits<float>::max()};
+  std::mt19937 rng(12);
+  std::uniform_real_distribution<float> ex(-140.f, 127.f);
+  for (int i = 0; i < 2000; ++i) xs.push_back(std::ldexp(1.f + (rng() % 1000) / 1000.f, static_cast<int>(ex(rng))));
+  for (float x : xs) {
+    const int e = small_scale_bound_exponent(x);
+    ASSERT_GE(e, -125) << x;
+    ASSERT_LE(e, 126) << x;
+    const float b = small_pow2(e);
+    EXPECT_EQ(b * small_pow2(-e), 1.f) << x;
+    if (e < 126) {
+      EXPECT_GT(b, x) << x;
+      if (e > -125) EXPECT_LE(b, 2.f * x) << x;
+    } else {
+      EXPECT_GE(4.f * b, x) << x;  // P^T <= 4 P
+    }
+  }
+  EXPECT_EQ(small_scale_bound_exponent(std::numeric_limits<float>::infinity()), 126);
+}
+
 TEST(Fp8HostE4m3, EveryCodeRoundTrips) {
   for (int c = 0; c < 256; ++c) {
     const auto code = static_cast<uint8_t>(c);
