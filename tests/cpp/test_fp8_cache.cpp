@@ -55,6 +55,15 @@ float record_scale(const uint8_t* rec, int g) {
 // ---------------------------------------------------------------------------------------
 // e4m3 on the host
 
+// `fixed`, then 2000 positive floats spread over the binades from subnormal to 2^127 (seeded).
+std::vector<float> with_random_binades(std::vector<float> fixed, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> ex(-140.f, 127.f);
+  for (int i = 0; i < 2000; ++i)
+    fixed.push_back(std::ldexp(1.f + (rng() % 1000) / 1000.f, static_cast<int>(ex(rng))));
+  return fixed;
+}
+
 // The power of two the small-head kernel scales a Q row by before writing it as e4m3 terms
 // (sm90/small_config.h): the row's largest |q| lands in (224, 448] wherever 2^k can reach it,
 // and 2^k, 2^-k are normal floats for every input, down to the smallest subnormal (where
@@ -62,12 +71,11 @@ float record_scale(const uint8_t* rec, int g) {
 TEST(Fp8Host, SmallKernelQScaleIsAFinitePowerOfTwo) {
   using flashmla::sm90::small_pow2;
   using flashmla::sm90::small_q_scale_exponent;
-  std::vector<float> mx = {std::numeric_limits<float>::denorm_min(), 1e-40f, 1.2e-36f, 1e-30f,
-                           1e-3f, 0.5f, 1.f, 1.5f, 223.99f, 224.f, 224.01f, 447.f, 448.f, 448.5f,
-                           449.f, 511.f, 512.f, 1e6f, 3.3895314e38f, std::numeric_limits<float>::max()};
-  std::mt19937 rng(11);
-  std::uniform_real_distribution<float> ex(-140.f, 127.f);
-  for (int i = 0; i < 2000; ++i) mx.push_back(std::ldexp(1.f + (rng() % 1000) / 1000.f, static_cast<int>(ex(rng))));
+  const std::vector<float> mx = with_random_binades(
+      {std::numeric_limits<float>::denorm_min(), 1e-40f, 1.2e-36f, 1e-30f, 1e-3f, 0.5f, 1.f, 1.5f, 223.99f,
+       224.f, 224.01f, 447.f, 448.f, 448.5f, 449.f, 511.f, 512.f, 1e6f, 3.3895314e38f,
+       std::numeric_limits<float>::max()},
+      11);
   for (float m : mx) {
     const int k = small_q_scale_exponent(m);
     ASSERT_GE(k, -126) << m;
@@ -89,11 +97,10 @@ TEST(Fp8Host, SmallKernelQScaleIsAFinitePowerOfTwo) {
 TEST(Fp8Host, SmallKernelScaleBoundIsAPowerOfTwoAbove) {
   using flashmla::sm90::small_pow2;
   using flashmla::sm90::small_scale_bound_exponent;
-  std::vector<float> xs = {std::numeric_limits<float>::denorm_min(), 1e-40f, 1e-38f, 2.4e-38f, 1e-30f, 1e-3f,
-                           0.5f, 0.75f, 1.f, 1.5f, 448.f, 1e30f, 8.5e37f, 1e38f, std::numeric_limits<float>::max()};
-  std::mt19937 rng(12);
-  std::uniform_real_distribution<float> ex(-140.f, 127.f);
-  for (int i = 0; i < 2000; ++i) xs.push_back(std::ldexp(1.f + (rng() % 1000) / 1000.f, static_cast<int>(ex(rng))));
+  const std::vector<float> xs = with_random_binades(
+      {std::numeric_limits<float>::denorm_min(), 1e-40f, 1e-38f, 2.4e-38f, 1e-30f, 1e-3f, 0.5f, 0.75f, 1.f, 1.5f,
+       448.f, 1e30f, 8.5e37f, 1e38f, std::numeric_limits<float>::max()},
+      12);
   for (float x : xs) {
     const int e = small_scale_bound_exponent(x);
     ASSERT_GE(e, -125) << x;
