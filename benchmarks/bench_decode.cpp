@@ -2,7 +2,7 @@
 //
 //   bench_decode [--quick] [--matrix] [--regime NAME]... [--latency] [--no-matrix]
 //                [--config b,s_k,h_q,s_q,causal[,h_kv]]... [--page N] [--sequential-pages] [--fp8] [--json PATH]
-//                [--iters N] [--list]
+//                [--parts N] [--iters N] [--list]
 //
 // What runs: the fixed matrix (every sequence of length s_k, b=128) unless --config, --regime
 // or --latency is given; --matrix adds it back (one JSON with matrix and regime rows), and
@@ -87,6 +87,7 @@ struct Config {
   bool fp8 = false;  // FP8-with-scale KV cache (--fp8)
   bool shuffle_pages = true;  // false (--sequential-pages): pages in address order, to tell
                               // DRAM locality from kernel cost at small page sizes
+  int parts = 0;  // num_sm_parts override (--parts, an experiment knob); 0: the library's choice
   bool causal = true;
   std::vector<int> lens;      // per-sequence lengths; empty: every sequence has length s_k
   std::string regime = "matrix";
@@ -370,7 +371,7 @@ Measurement run_config(const Config& c, int iters, int num_sms, size_t l2_bytes,
   if (!pl.rotation_ok)
     std::fprintf(stderr, "  note: only %zu input set(s) fit: %.0f MB of KV cycled, under 4x L2\n", sets,
                  sets * pl.kv_bytes_per_set / 1e6);
-  m.parts = flashmla::num_sm_parts(num_sms, pl.rows, c.h_kv);
+  m.parts = c.parts > 0 ? c.parts : flashmla::num_sm_parts(num_sms, pl.rows, c.h_kv);
 
   const size_t table_per_set = static_cast<size_t>(c.b) * pl.max_blocks;
   const size_t kv_bytes = sets * pl.pages_per_set * pl.page_bytes;
@@ -645,6 +646,7 @@ void usage() {
       "                    [--iters N] [--list]\n"
       "  --page: tokens per KV-cache page for every config (default 64)\n"
       "  --sequential-pages: pages in address order instead of shuffled\n"
+      "  --parts N: num_sm_parts (split-KV parts, CTAs per kv head) instead of the library's choice\n"
       "  --fp8: FP8-with-scale KV cache (656-byte records per token and kv head) for every config\n"
       "  s_k of --config may be b lengths separated by ':'; regimes:");
   for (const std::string& n : regime_names()) std::printf(" %s", n.c_str());
@@ -675,6 +677,7 @@ int main(int argc, char** argv) {
   bool quick = false, want_matrix = false, no_matrix = false, list_only = false, fp8 = false;
   int iters = 32, page = 64;
   bool sequential_pages = false;
+  int parts = 0;
   try {
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
@@ -697,6 +700,9 @@ int main(int argc, char** argv) {
         json_path = argv[++i];
       } else if (a == "--iters" && has_value) {
         iters = std::max(1, std::stoi(argv[++i]));
+      } else if (a == "--parts" && has_value) {
+        parts = std::stoi(argv[++i]);
+        if (parts < 1) throw std::invalid_argument("--parts must be >= 1");
       } else if (a == "--sequential-pages") {
         sequential_pages = true;
       } else if (a == "--page" && has_value) {
@@ -728,6 +734,7 @@ int main(int argc, char** argv) {
   for (Config& c : configs) {
     c.page = page;
     c.shuffle_pages = !sequential_pages;
+    c.parts = parts;
     c.fp8 = fp8;
   }
   if (configs.empty()) {

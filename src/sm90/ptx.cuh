@@ -204,22 +204,21 @@ __device__ __forceinline__ void wgmma_m64n16k16_f16_rs(float (&d)[8], const uint
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
 }
 
-// e4m3 x e4m3 -> f32 (the small-head kernel's FP8 S^T): A (64 x 32 e4m3) from registers, four
-// bytes of k per register in the m16n8k32 A layout, which is what ldmatrix of the K-major bytes
-// hands each thread as it is; B K-major in shared memory (8-bit wgmma has no transposes).
-// N = 48: Q's three e4m3 terms side by side, one 16-column block of the accumulator per term.
-__device__ __forceinline__ void wgmma_m64n48k32_e4m3_rs(float (&d)[24], const uint32_t (&a)[4],
-                                                        uint64_t desc_b, int accumulate) {
+// e4m3 x e4m3 -> f32 (the small-head kernel's FP8 S^T): A (64 x 32 e4m3) and B both K-major
+// in shared memory (8-bit wgmma has no transposes). N = 48: Q's three e4m3 terms side by side,
+// one 16-column block of the accumulator per term.
+__device__ __forceinline__ void wgmma_m64n48k32_e4m3(float (&d)[24], uint64_t desc_a, uint64_t desc_b,
+                                                     int accumulate) {
   asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %29, 0;\n"
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %26, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n48k32.f32.e4m3.e4m3 "
       "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "
-      "%20, %21, %22, %23}, {%24, %25, %26, %27}, %28, p, 1, 1;\n}\n"
+      "%20, %21, %22, %23}, %24, %25, p, 1, 1;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),
         "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),
         "+f"(d[22]), "+f"(d[23])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
 // ---- stmatrix ----------------------------------------------------------------------------
@@ -234,15 +233,9 @@ __device__ __forceinline__ void stmatrix_x4_trans(uint32_t addr, uint32_t r0, ui
 }
 
 // ---- ldmatrix ---------------------------------------------------------------------------
-// Four 8x8 matrices of 16-bit elements; lane 8 i + r gives the address of row r of matrix i.
-// Used on e4m3 bytes (an element = two bytes): .trans hands each thread two rows' bytes of
-// one column pair, which is the token pair an A fragment of O^T = V^T P^T wants.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
+// Four 8x8 matrices of 16-bit elements, transposed; lane 8 i + r gives the address of row r of
+// matrix i. Used on e4m3 bytes (an element = two bytes): it hands each thread two rows' bytes
+// of one column pair, which is the token pair an A fragment of O^T = V^T P^T wants.
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])

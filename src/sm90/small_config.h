@@ -47,11 +47,11 @@ constexpr int kSmallRingBytes = 25 * kSubTileBytes + 2048;  // + what the plan h
 constexpr int kSmallSlots16 = 25;  // 2.8 tiles
 // FP8 caches: whole-tile stages of the raw records as TMA writes them (latent 4 x 64 rows x
 // 128 e4m3, 128B-swizzled; the RoPE sub-tile, bf16 and swizzled; 16 B of scales per row), no
-// bf16 copy of the latent part: S^T runs on e4m3 wgmma with K from the stage (ldmatrix into
-// registers) and Q as three e4m3 terms; O^T, whose V^T operand is MN-major (no 8-bit wgmma
+// bf16 copy of the latent part: S^T runs on e4m3 wgmma with K read from the stage (both operands in
+// shared memory) and Q as three e4m3 terms; O^T, whose V^T operand is MN-major (no 8-bit wgmma
 // takes that), converts the bytes into f16 A fragments in registers. The scales act outside
 // the products: on the S^T sum of each 128-dim group per token, and folded into P^T (one copy
-// per group). small_fp8.cuh, docs/perf-log.md v14, v15.
+// per group). small_fp8.cuh, docs/perf-log.md v14-v16.
 constexpr int kFp8LatentBytes = 4 * kBlockN * 128;
 constexpr int kFp8RopeOffset = kFp8LatentBytes;
 constexpr int kFp8ScalesOffset = kFp8RopeOffset + kSubTileBytes;

@@ -122,17 +122,6 @@ __device__ __forceinline__ void load_q_fp8(const MlaDecodeParams& p, SmallStorag
   *reinterpret_cast<uint4*>(fp8_q_rope(s) + swizzled_offset(row, 8 * u)) = rope;
 }
 
-// S^T A fragment (64 tokens x 32 e4m3) of group j, k step kk (bytes 32 kk ..) for warp `warp`:
-// tokens 16 warp .. + 15 of the stage. ldmatrix matrices: tokens +0..7 / +8..15 of 16-byte
-// chunk 2 kk, then of chunk 2 kk + 1; thread (g, q) gets bytes 4q .. 4q + 3 of tokens g, g + 8,
-// which is the 8-bit A layout (k 4q .., then k 16 + 4q ..) with no conversion.
-__device__ __forceinline__ void fp8_k_fragments(uint32_t stage, int j, int kk, int warp, int lane,
-                                                uint32_t (&a)[4]) {
-  const int mi = lane / 8, r = lane % 8;
-  const int tok = 16 * warp + 8 * (mi & 1) + r;
-  ldmatrix_x4(a, stage + j * (kBlockN * 128) + tok * 128 + (((2 * kk + (mi >> 1)) ^ r) << 4));
-}
-
 // O^T A fragments (f16) of block jb (dims 64 jb ..), k steps kk and kk + 1 (tokens 16 kk ..) for warp
 // `warp`, whose 16 dims are the stage's chunk 4 (jb % 2) + warp of group jb / 2. ldmatrix.trans
 // matrices: tokens +0..7 / +8..15 of step kk, then of kk + 1; thread (g, q) gets dims 2g, 2g + 1

@@ -124,28 +124,26 @@ __device__ __forceinline__ void small_scores_16bit(SmallStorage& s, RingPos& pos
   for (int e = 0; e < 8; ++e) sc[e] = (part[0][e] + part[1][e]) + (part[2][e] + part[3][e]);
 }
 
-// S^T of one tile, FP8 caches: the RoPE sub-tile (bf16) and the latent part as e4m3 wgmmas
-// with A = K from registers (fp8_k_fragments: the stage's bytes as they are) and B = Q's three
-// e4m3 terms of the group side by side (m64n48k32, load_q_fp8), one accumulator per 128-dim
-// group, each term's sum scaled per token by its group scale, then by Q's row unscale.
+// S^T of one tile, FP8 caches: the RoPE sub-tile by bf16 wgmmas and the latent part by e4m3
+// wgmmas m64n48k32 with A = K as staged (K-major) and B = Q's three e4m3 terms of the group
+// side by side (load_q_fp8), one accumulator per 128-dim group; each term's sum is scaled per
+// token by its group scale, then by Q's row unscale. (A from registers, by ldmatrix, won while
+// the shape was m64n16k32, whose A read took twice its tensor time; at N = 48 both take the
+// same, and A from shared memory spares the 16 ldmatrix and 64 registers, perf-log v16.)
 // Precision: an e4m3 wgmma keeps its accumulator to about 14 bits (DeepSeek-V3 report,
 // sec. 3.3.2), so chaining the leading term's 16 products and the small terms onto one
 // accumulator lost ~2^-9 of a score (a failed lse test). Here every term chains over one group
 // only (128 products, the interval that report uses), and the three are added in fp32.
 __device__ __forceinline__ void small_scores_fp8(SmallStorage& s, int stage_index, const SmallFragment& f,
-                                                 int lane, const float (&unscale)[4], float (&sc)[8],
-                                                 float4& s0, float4& s1) {
-  char* stage = fp8_stage(s, stage_index);
+                                                 const float (&unscale)[4], float (&sc)[8], float4& s0,
+                                                 float4& s1) {
+  const char* stage = fp8_stage(s, stage_index);
   const uint32_t st = smem_addr(stage);
+  const uint64_t k_desc = make_desc_sw128(st, 16, 1024);
   const uint64_t rope_desc = make_desc_sw128(st + kFp8RopeOffset, 16, 1024);
   const uint64_t q_rope_desc = make_desc_sw128(smem_addr(fp8_q_rope(s)), 16, 1024);
   const uint64_t q_desc = make_desc_sw128(smem_addr(fp8_q_group(s, 0)), 16, 1024);
-  uint32_t a[4][4][4];  // [group][k step][register]
-#pragma unroll
-  for (int j = 0; j < 4; ++j)
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) fp8_k_fragments(st, j, kk, f.warp, lane, a[j][kk]);
-  float acc[4][24], rope[8];  // acc[j]: registers 8 t .. 8 t + 7 are Q term t
+  float acc[4][24], rope[8];  // acc[j]: registers 8 t .. 8 t + 7 are Q term t of group j
   wgmma_fence();
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
@@ -156,15 +154,16 @@ __device__ __forceinline__ void small_scores_fp8(SmallStorage& s, int stage_inde
   for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
     for (int j = 0; j < 4; ++j) {  // consecutive wgmmas independent (see small_scores_16bit)
-      wgmma_m64n48k32_e4m3_rs(acc[j], a[j][kk], desc_advance_lo(q_desc, j * kFp8QGroupBytes + kk * 32), kk > 0);
+      wgmma_m64n48k32_e4m3(acc[j], desc_advance_lo(k_desc, j * (kBlockN * 128) + kk * 32),
+                           desc_advance_lo(q_desc, j * kFp8QGroupBytes + kk * 32), kk > 0);
     }
   wgmma_commit();
+  s0 = *reinterpret_cast<const float4*>(stage + kFp8ScalesOffset + f.tok0 * 16);  // under the wgmmas
+  s1 = *reinterpret_cast<const float4*>(stage + kFp8ScalesOffset + f.tok1 * 16);
   wgmma_wait<0>();
 #pragma unroll
   for (int j = 0; j < 4; ++j) fence_operands(acc[j]);
   fence_operands(rope);
-  s0 = *reinterpret_cast<const float4*>(stage + kFp8ScalesOffset + f.tok0 * 16);
-  s1 = *reinterpret_cast<const float4*>(stage + kFp8ScalesOffset + f.tok1 * 16);
 #pragma unroll
   for (int e = 0; e < 8; ++e) {
     const float4& c = (e & 2) ? s1 : s0;  // registers 2, 3, 6, 7 are the +8 row
@@ -230,7 +229,7 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
       if constexpr (kFp8) {
         const int st = fp8_stage_of(n);
         mbar_wait(&s.staged_full[st], fp8_phase_of(n));
-        small_scores_fp8(s, st, f, tid % 32, unscale, sc, scale0, scale1);
+        small_scores_fp8(s, st, f, unscale, sc, scale0, scale1);
       } else {
         int rope_slot;
         small_scores_16bit<T>(s, pos, seqlen - blk * kBlockN, tid, sc, rope_slot);
