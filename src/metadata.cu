@@ -6,7 +6,8 @@
 //
 // Thread t owns the contiguous chunk of sequences [t * chunk, (t + 1) * chunk),
 // chunk = ceil(batch / kThreads), so shared memory is O(kThreads) for any batch:
-//   1. chunk cost sums -> block scan -> chunk start positions (shared), total, payload;
+//   1. chunk cost sums -> block scan -> chunk start positions (shared), total; the largest
+//      sequence cost -> block max -> whole-sequence plan or not, payload;
 //   2. chunk piece counts -> block scan -> num_splits of the chunk;
 //   3. thread per part boundary p in [0, num_parts]: binary search over the chunk starts, walk
 //      inside the chunk, write row p's begin and row p - 1's end.
@@ -58,12 +59,28 @@ __device__ __forceinline__ int64_t block_exclusive_scan(int64_t v, int64_t* warp
   return (warp > 0 ? warp_sums[warp - 1] : 0) + incl - v;
 }
 
+// Max of one int64 per thread over the CTA, for every thread. warp_max [kWarps] as above.
+__device__ __forceinline__ int64_t block_max(int64_t v, int64_t* warp_max) {
+  long long m = v;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const long long n = __shfl_xor_sync(0xffffffffu, m, o);
+    m = n > m ? n : m;
+  }
+  if (lane_id() == 0) warp_max[threadIdx.x >> 5] = m;
+  __syncthreads();
+  m = warp_max[0];
+  for (int w = 1; w < kWarps; ++w) m = warp_max[w] > m ? warp_max[w] : m;
+  return m;
+}
+
 __global__ void __launch_bounds__(kThreads)
     metadata_kernel(const int32_t* __restrict__ seqlens, int batch, int num_parts,
                     int32_t* __restrict__ metadata, int32_t* __restrict__ num_splits) {
   __shared__ int64_t s_chunk_start[kThreads];
   __shared__ int64_t s_warp_cost[kWarps];
   __shared__ int64_t s_warp_pieces[kWarps];
+  __shared__ int64_t s_warp_max[kWarps];
 
   const int t = threadIdx.x;
   const int chunk = plan::chunk_size(batch, kThreads);
@@ -74,7 +91,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t start =
       block_exclusive_scan(plan::range_cost(seqlens, lo, hi), s_warp_cost, &total);
   s_chunk_start[t] = start;
-  const int64_t pay = plan::payload(total, num_parts);
+  const bool whole = plan::whole_sequences(block_max(plan::range_max_cost(seqlens, lo, hi), s_warp_max),
+                                           total, batch, num_parts);
+  const int64_t pay = whole ? plan::kWholePayload : plan::payload(total, num_parts);
 
   // 2. Pieces -> num_splits. The scan's barriers also publish s_chunk_start for step 3.
   int64_t unused;
@@ -86,7 +105,8 @@ __global__ void __launch_bounds__(kThreads)
   // 3. Part boundaries.
   for (int p = t; p <= num_parts; p += kThreads) {
     const plan::Boundary b =
-        plan::locate_boundary(p, pay, total, seqlens, batch, s_chunk_start, kThreads, chunk);
+        whole ? plan::whole_boundary(p, batch)
+              : plan::locate_boundary(p, pay, total, seqlens, batch, s_chunk_start, kThreads, chunk);
     plan::write_boundary(metadata, num_parts, p, b);
   }
 }

@@ -26,6 +26,14 @@
 // spans at most P positions; each of its pieces but the first starts at block 0 of its sequence
 // and so has all its overhead positions inside the part, while the first may start mid-sequence
 // (or mid-overhead) and be charged up to ov positions it does not span.
+//
+// Whole-sequence plan: when there are at least as many parts as sequences and the costliest
+// sequence costs no more than that bound (max_i cost_i <= P + ov), part i takes all of sequence
+// i instead (parts past the batch are empty). No sequence is cut, so no partials are written
+// and the combine has nothing to add, which the split plan's balance does not buy back there:
+// b = 128 at s_k = 4096, h_q = 16 (cost 69 against P + ov = 72) measured -4% (BF16) and -8%
+// (FP8) per call, h_q = 64 -15% (docs/perf-log.md v16). Its pieces are counted by the same
+// helpers with a payload no position reaches (kWholePayload: one piece per non-empty sequence).
 #pragma once
 
 #include <cstdint>
@@ -71,6 +79,26 @@ FLASHMLA_HOST_DEVICE inline int64_t payload(int64_t total, int num_parts) {
   return p > 1 ? p : 1;
 }
 
+// Largest sequence cost of sequences [lo, hi).
+FLASHMLA_HOST_DEVICE inline int64_t range_max_cost(const int32_t* seqlens, int lo, int hi) {
+  int64_t m = 0;
+  for (int i = lo; i < hi; ++i) {
+    const int64_t c = seq_cost(seqlens[i]);
+    m = c > m ? c : m;
+  }
+  return m;
+}
+
+// Whether the whole-sequence plan is used (see the top of this file).
+FLASHMLA_HOST_DEVICE inline bool whole_sequences(int64_t max_cost, int64_t total, int batch,
+                                                 int num_parts) {
+  return batch <= num_parts && max_cost <= payload(total, num_parts) + kSplitOverheadBlocks;
+}
+
+// The whole-sequence plan's payload for piece counting: positions stay below
+// batch * (2^25 + 5) < 2^57, so no part start but the first falls inside the line.
+constexpr int64_t kWholePayload = int64_t{1} << 60;
+
 // Pieces of the sequence at positions [c, c + cost).
 FLASHMLA_HOST_DEVICE inline int seq_pieces(int64_t c, int64_t cost, int64_t pay) {
   if (cost == 0) return 0;
@@ -98,6 +126,11 @@ struct Boundary {
 FLASHMLA_HOST_DEVICE inline Boundary boundary_in(int p, int64_t x, int i, int64_t c,
                                                  int64_t pay) {
   return Boundary{i, start_block(x, c), start_split(p, x, c, pay)};
+}
+
+// Boundary p of the whole-sequence plan: part p starts sequence p (or nothing, past the batch).
+FLASHMLA_HOST_DEVICE inline Boundary whole_boundary(int p, int batch) {
+  return Boundary{p < batch ? p : batch, 0, 0};
 }
 
 // Boundary p in [0, num_parts] goes to row p's begin and row p - 1's end.
@@ -193,15 +226,17 @@ inline void plan_schedule(const int32_t* seqlens, int batch, int num_parts, int3
                           int32_t* num_splits) {
   if (num_parts < 1) return;
   const int64_t total = plan::range_cost(seqlens, 0, batch);
-  const int64_t pay = plan::payload(total, num_parts);
+  const bool whole = plan::whole_sequences(plan::range_max_cost(seqlens, 0, batch), total, batch, num_parts);
+  const int64_t pay = whole ? plan::kWholePayload : plan::payload(total, num_parts);
   num_splits[0] = 0;
   plan::write_range_splits(seqlens, 0, batch, 0, pay, 0, num_splits);
   int i = 0;
   int64_t c = 0;  // position of sequence i
   for (int p = 0; p <= num_parts; ++p) {
-    const int64_t x = static_cast<int64_t>(p) * pay;
     plan::Boundary b{batch, 0, 0};
-    if (x < total) {
+    if (whole) {
+      b = plan::whole_boundary(p, batch);
+    } else if (const int64_t x = static_cast<int64_t>(p) * pay; x < total) {
       for (int64_t cost = plan::seq_cost(seqlens[i]); c + cost <= x;
            cost = plan::seq_cost(seqlens[++i])) {
         c += cost;

@@ -875,14 +875,18 @@ TEST_F(GpuTest, MetadataMatchesHostPlanner) {
   cudaStream_t stream;
   ck(cudaStreamCreate(&stream), "cudaStreamCreate");
   for (int trial = 0; trial < 60; ++trial) {
-    const int b = trial % 3 == 0 ? std::uniform_int_distribution<int>(1, 1024)(rng)
-                                 : std::uniform_int_distribution<int>(1, 64)(rng);
+    int b = trial % 3 == 0 ? std::uniform_int_distribution<int>(1, 1024)(rng)
+                           : std::uniform_int_distribution<int>(1, 64)(rng);
     std::vector<int32_t> seqlens(b);
     std::uniform_int_distribution<int> len(0, 20000), coin(0, 3);
     for (auto& L : seqlens) L = coin(rng) == 0 ? 0 : len(rng);
     if (trial == 1) std::fill(seqlens.begin(), seqlens.end(), 0);
     const int parts_choices[] = {1, 7, 78, 132, 264, std::uniform_int_distribution<int>(1, 264)(rng)};
     const int parts = parts_choices[trial % 6];
+    if (trial % 5 == 2) {  // one length, about as many sequences as parts: the whole-sequence plan
+      b = std::max(1, parts - trial % 3);
+      seqlens.assign(b, len(rng));
+    }
     SCOPED_TRACE("trial " + std::to_string(trial) + " b=" + std::to_string(b) + " parts=" + std::to_string(parts));
 
     std::vector<int32_t> meta_host(static_cast<size_t>(parts) * flashmla::kMetadataInts);

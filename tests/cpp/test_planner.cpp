@@ -48,12 +48,14 @@ Plan emulate_kernel(const std::vector<int32_t>& seqlens, int parts, int threads)
   const int chunk = plan::chunk_size(batch, threads);
   auto lo = [&](int t) { return plan::chunk_begin(t, chunk, batch); };
   std::vector<int64_t> start(threads), first_split(threads);
-  int64_t total = 0;
+  int64_t total = 0, max_cost = 0;
   for (int t = 0; t < threads; ++t) {
     start[t] = total;
     total += plan::range_cost(s, lo(t), lo(t + 1));
+    max_cost = std::max(max_cost, plan::range_max_cost(s, lo(t), lo(t + 1)));
   }
-  const int64_t pay = plan::payload(total, parts);
+  const bool whole = plan::whole_sequences(max_cost, total, batch, parts);
+  const int64_t pay = whole ? plan::kWholePayload : plan::payload(total, parts);
   int64_t pieces = 0;
   for (int t = 0; t < threads; ++t) {
     first_split[t] = pieces;
@@ -66,7 +68,8 @@ Plan emulate_kernel(const std::vector<int32_t>& seqlens, int parts, int threads)
   for (int t = 0; t < threads; ++t) {
     for (int p = t; p <= parts; p += threads) {
       const plan::Boundary b =
-          plan::locate_boundary(p, pay, total, s, batch, start.data(), threads, chunk);
+          whole ? plan::whole_boundary(p, batch)
+                : plan::locate_boundary(p, pay, total, s, batch, start.data(), threads, chunk);
       plan::write_boundary(out.meta.data(), parts, p, b);
     }
   }
@@ -105,6 +108,10 @@ void check_plan(const std::vector<int32_t>& seqlens, int parts,
   }
   total = C[b];
   const int64_t pay = std::max<int64_t>(1, (total + parts - 1) / parts);
+  int64_t max_cost = 0;
+  for (int i = 0; i < b; ++i) max_cost = std::max(max_cost, C[i + 1] - C[i]);
+  // Whole-sequence plan: part i is all of sequence i (scheduler/plan.h).
+  const bool whole = b <= parts && max_cost <= pay + kOv;
 
   std::vector<std::vector<Piece>> pieces(b);
   for (int p = 0; p < parts; ++p) {
@@ -141,6 +148,10 @@ void check_plan(const std::vector<int32_t>& seqlens, int parts,
     if (bk == 0 && bb < b) {
       ASSERT_EQ(bs, 0) << "a part starting at block 0 starts a new sequence";
     }
+    if (whole) {
+      ASSERT_EQ(bb, std::min(p, b)) << "whole-sequence plan: part p starts sequence p";
+      ASSERT_EQ(bk, 0);
+    }
     if (p + 1 < parts) {
       const int32_t* next = row + 8;
       ASSERT_EQ(eb, next[flashmla::kMetaBeginBatch]) << "part end != next part begin";
@@ -158,6 +169,10 @@ void check_plan(const std::vector<int32_t>& seqlens, int parts,
       if (lo == hi) continue;
       pieces[i].push_back({p, lo, hi, i == bb ? bs : 0});
       cost += (hi - lo) + kSplitOverheadBlocks;
+      if (whole) {
+        ASSERT_EQ(i, p) << "whole-sequence plan: part p holds sequence p only";
+        continue;
+      }
       // Closed form: block k of sequence i belongs to part (C_i + ov + k) / P (monotonic in k,
       // so the two ends suffice).
       ASSERT_EQ((C[i] + kOv + lo) / pay, p) << "batch " << i << " block " << lo;
@@ -311,6 +326,37 @@ TEST(Planner, FixedEdgeCases) {
     check_plan(std::vector<int32_t>(1024, 16384), parts);
     check_plan(std::vector<int32_t>(1024, 0), parts);
   }
+}
+
+// The whole-sequence plan exactly where its rule says: at most as many sequences as parts and
+// the costliest within P + ov; the split plan otherwise (b = 128 as in the benchmark matrix).
+TEST(Planner, WholeSequencesWhenBalanced) {
+  auto splits_of = [](const std::vector<int32_t>& seqlens, int parts) {
+    return run_plan(seqlens, parts).splits.back();
+  };
+  // s_k = 4096: cost 69, P = ceil(128 * 69 / 132) = 67, 69 <= 72: one piece per sequence.
+  EXPECT_EQ(splits_of(std::vector<int32_t>(128, 4096), 132), 128);
+  EXPECT_EQ(splits_of(std::vector<int32_t>(128, 8192), 132), 128);  // 133 <= 129 + 5
+  // s_k = 16384: cost 261 > 254 + 5: split.
+  EXPECT_GT(splits_of(std::vector<int32_t>(128, 16384), 132), 128);
+  // More sequences than parts: split (the bound alone would allow whole sequences).
+  EXPECT_GT(splits_of(std::vector<int32_t>(133, 4096), 132), 133);
+  // The edge of the rule: 131 sequences of cost 20 and one of cost c, 132 parts.
+  for (int c = 20; c < 40; ++c) {
+    std::vector<int32_t> seqlens(132, 15 * 64);  // cost 15 + 5
+    seqlens[7] = (c - kOv) * 64;
+    const int64_t total = 131 * 20 + c, pay = (total + 131) / 132;
+    const bool whole = c <= pay + kOv;
+    SCOPED_TRACE("c=" + std::to_string(c) + " pay=" + std::to_string(pay));
+    check_plan(seqlens, 132);
+    EXPECT_EQ(splits_of(seqlens, 132) == 132, whole);
+  }
+  // Empty sequences keep their (empty) part; num_splits counts the non-empty ones. Cost 20,
+  // P = ceil(6 * 20 / 8) = 15: 20 <= 20.
+  const std::vector<int32_t> gaps = {960, 0, 960, -3, 960, 960, 960, 960};
+  check_plan(gaps, 8);
+  const Plan g = run_plan(gaps, 8);
+  EXPECT_EQ(g.splits, (std::vector<int32_t>{0, 1, 1, 2, 2, 3, 4, 5, 6}));
 }
 
 TEST(Planner, RandomBatches) {
