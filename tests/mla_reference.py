@@ -409,7 +409,7 @@ def reads_exact_fp8(q, k_cache):
     _, s_q, h_q, _ = q.shape
     page, h_kv = k_cache.shape[1], k_cache.shape[2]
     return (os.environ.get("FLASHMLA_SMALL_HEADS", "1") != "0"
-            and s_q * (h_q // h_kv) <= 16 and page >= 16)
+            and s_q * (h_q // h_kv) <= 32 and page >= 16)
 
 
 def reference_errors(out, lse, q, k_cache, block_table, seqlens, softmax_scale, causal,

@@ -95,27 +95,33 @@ sm90::KvMaps make_kv_maps(const MlaDecodeParams& p) {
   return maps;
 }
 
-// The small-head kernel takes <= 16 query rows per kv head on pages of >= 16 tokens;
+// Row blocks of 16 the small-head kernel takes on pages of >= 16 tokens: 16-bit caches up to
+// 16 query rows per kv head, FP8 caches up to 32 (two blocks; above that, and for 16-bit caches
+// above 16 rows, the wide kernel is at the memory floor or compute-bound). 0: the wide kernel.
 // FLASHMLA_SMALL_HEADS=0 forces the wide kernel (A/B measurements).
-inline bool use_small_kernel(const MlaDecodeParams& p) {
+inline int small_kernel_blocks(const MlaDecodeParams& p) {
   static const bool enabled = [] {
     const char* e = std::getenv("FLASHMLA_SMALL_HEADS");
     return e == nullptr || std::string(e) != "0";
   }();
   const int rows = p.seqlen_q * (p.num_heads_q / p.num_heads_kv);
-  return enabled && rows <= sm90::kSmallRows && p.page_block_size >= sm90::kMinTmaPage;
+  if (!enabled || p.page_block_size < sm90::kMinTmaPage) return 0;
+  if (rows <= sm90::kSmallRows) return 1;
+  if (p.kv_format == KvFormat::kFP8WithScale && rows <= sm90::kSmallMaxRows) return 2;
+  return 0;
 }
 
-template <typename T, bool kFp8>
+template <typename T, bool kFp8, int kBlocks>
 void launch_small(const MlaDecodeParams& p, const sm90::KvMaps& maps, cudaStream_t stream) {
   static std::once_flag once;
   std::call_once(once, [] {
-    check_cuda(cudaFuncSetAttribute(sm90::mla_decode_small_kernel<T, kFp8>,
+    check_cuda(cudaFuncSetAttribute(sm90::mla_decode_small_kernel<T, kFp8, kBlocks>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, sm90::kSmallSmemBytes),
                "cudaFuncSetAttribute(mla_decode_small_kernel)");
   });
   const dim3 grid(p.num_sm_parts, p.num_heads_kv, 1);
-  sm90::mla_decode_small_kernel<T, kFp8><<<grid, sm90::kSmallThreads, sm90::kSmallSmemBytes, stream>>>(p, maps);
+  sm90::mla_decode_small_kernel<T, kFp8, kBlocks>
+      <<<grid, sm90::kSmallThreads, sm90::kSmallSmemBytes, stream>>>(p, maps);
   check_cuda(cudaGetLastError(), "mla_decode_small_kernel launch");
 }
 
@@ -124,15 +130,19 @@ void launch_small(const MlaDecodeParams& p, const sm90::KvMaps& maps, cudaStream
 template <typename T>
 void launch_decode(const MlaDecodeParams& p, cudaStream_t stream) {
   const sm90::KvMaps maps = decode_launch::make_kv_maps<T>(p);
-  if (decode_launch::use_small_kernel(p)) {
+  if (const int blocks = decode_launch::small_kernel_blocks(p)) {
     // FP8 caches come with bf16 queries only (validated): no half instantiation of that path.
     if constexpr (std::is_same_v<T, __nv_bfloat16>) {
       if (p.kv_format == KvFormat::kFP8WithScale) {
-        decode_launch::launch_small<T, true>(p, maps, stream);
+        if (blocks == 2) {
+          decode_launch::launch_small<T, true, 2>(p, maps, stream);
+        } else {
+          decode_launch::launch_small<T, true, 1>(p, maps, stream);
+        }
         return;
       }
     }
-    decode_launch::launch_small<T, false>(p, maps, stream);
+    decode_launch::launch_small<T, false, 1>(p, maps, stream);
     return;
   }
   static std::once_flag attr_once;

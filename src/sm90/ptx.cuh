@@ -204,6 +204,30 @@ __device__ __forceinline__ void wgmma_m64n16k16_f16_rs(float (&d)[8], const uint
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
 }
 
+// The same with N = 32 (two row blocks of the FP8 small-head kernel, 17-32 query rows).
+__device__ __forceinline__ void wgmma_m64n32k16_f16_rs(float (&d)[16], const uint32_t (&a)[4],
+                                                       uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),
+        "+f"(d[15])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
+}
+// N = 8 k-blocks of the accumulator per row block: the shape for kBlocks row blocks.
+template <int kBlocks>
+__device__ __forceinline__ void wgmma_f16_rs(float (&d)[8 * kBlocks], const uint32_t (&a)[4],
+                                             uint64_t desc_b, int accumulate) {
+  if constexpr (kBlocks == 1) {
+    wgmma_m64n16k16_f16_rs(d, a, desc_b, accumulate);
+  } else {
+    wgmma_m64n32k16_f16_rs(d, a, desc_b, accumulate);
+  }
+}
+
 // e4m3 x e4m3 -> f32 (the small-head kernel's FP8 S^T): A (64 x 32 e4m3) and B both K-major
 // in shared memory (8-bit wgmma has no transposes). N = 48: Q's three e4m3 terms side by side,
 // one 16-column block of the accumulator per term.

@@ -1,5 +1,6 @@
 // Tile sizes, warp roles, named barriers and the shared-memory plan of the sm90 small-head
-// decode kernel (at most 16 query rows per kv head; sm90/small_kernel.cuh, docs/design.md).
+// decode kernel (at most 16 query rows per kv head, 32 with FP8 caches; sm90/small_kernel.cuh,
+// docs/design.md).
 #pragma once
 
 #include <cmath>
@@ -32,6 +33,14 @@ constexpr int kSmallTmaRegs = 40;  // warpgroup 0
 constexpr int kSmallMathRegs = 224;
 static_assert(kSmallTmaRegs + kSmallIdleRegs + 2 * kSmallMathRegs <= 4 * 128,
               "setmaxnreg plan exceeds the 128 registers a thread the launch holds");
+// Two row blocks (FP8, 17-32 rows): warpgroup 1 is block 1's scores warpgroup, and the values
+// warpgroup's O^T (N = 32) holds 128 accumulator registers. The TMA thread's loop fits in the
+// minimum (24); at 128 a scores warpgroup spilled its per-piece state.
+constexpr int kSmall2TmaRegs = 24;
+constexpr int kSmall2ScoreRegs = 136;
+constexpr int kSmall2ValueRegs = 216;
+static_assert(kSmall2TmaRegs + 2 * kSmall2ScoreRegs + kSmall2ValueRegs <= 4 * 128,
+              "two-block setmaxnreg plan exceeds the 128 registers a thread the launch holds");
 constexpr int kSmallMathThreads = 128;  // one math warpgroup
 // Lazy rescale (log2 domain): the scores warpgroup keeps a row's softmax offset until a score
 // passes it by more than this, so P <= 2^8 (far inside fp16 and fp32 range) and
@@ -43,7 +52,7 @@ constexpr float kSmallLazyRescale = 8.f;
 // each), used in order: tile n's sub-tile t sits wherever the running position was, and each
 // slot is released on its own (the RoPE sub-tile right after S^T, V sub-tile j right after
 // O^T block j).
-constexpr int kSmallRingBytes = 25 * kSubTileBytes + 2048;  // + what the plan has left
+constexpr int kSmallRingBytes = 25 * kSubTileBytes;
 constexpr int kSmallSlots16 = 25;  // 2.8 tiles
 // FP8 caches: whole-tile stages of the raw records as TMA writes them (latent 4 x 64 rows x
 // 128 e4m3, 128B-swizzled; the RoPE sub-tile, bf16 and swizzled; 16 B of scales per row), no
@@ -51,22 +60,40 @@ constexpr int kSmallSlots16 = 25;  // 2.8 tiles
 // shared memory) and Q as three e4m3 terms; O^T, whose V^T operand is MN-major (no 8-bit wgmma
 // takes that), converts the bytes into f16 A fragments in registers. The scales act outside
 // the products: on the S^T sum of each 128-dim group per token, and folded into P^T (one copy
-// per group). small_fp8.cuh, docs/perf-log.md v14-v16.
+// per group). small_fp8.cuh, docs/perf-log.md v14-v17.
+//
+// FP8 caches also take 17-32 rows (v17): kBlocks = 2 blocks of 16 rows, each with its own
+// scores warpgroup (the otherwise idle warpgroup 1 takes block 1), and one values warpgroup
+// whose O^T has N = 32. The conversion of V, the one costly step of O^T, is then shared by
+// both blocks; a 16-row kernel run twice over the same tiles would convert every tile twice.
+constexpr int kSmallMaxBlocks = 2;
+constexpr int kSmallMaxRows = kSmallMaxBlocks * kSmallRows;
 constexpr int kFp8LatentBytes = 4 * kBlockN * 128;
 constexpr int kFp8RopeOffset = kFp8LatentBytes;
 constexpr int kFp8ScalesOffset = kFp8RopeOffset + kSubTileBytes;
 constexpr int kFp8StageBytes = kFp8ScalesOffset + kBlockN * 16;  // 41 KiB
-constexpr int kFp8Stages = 4;
-constexpr int kFp8PBytes = kSmallRows * kBlockN * 2;  // P^T of one group: [row][token] f16
 // The FP8 plan overlays SmallStorage's q, p and ring (byte offsets from its start):
-// Q as three e4m3 terms of the scaled latent part, [group][term][16 rows][128 B] (128B-swizzled,
-// 6 KiB a group: the three terms of a group are the 48 rows of one m64n48k32 B operand), the
-// four stages, P^T [buffer][group], and Q's bf16 RoPE sub-tile (2 KiB).
-constexpr int kFp8QGroupBytes = 3 * kSmallRows * 128;
-constexpr int kFp8StagesOffset = 4 * kFp8QGroupBytes;
-constexpr int kFp8POffset = kFp8StagesOffset + kFp8Stages * kFp8StageBytes;
-constexpr int kFp8QRopeOffset = kFp8POffset + 2 * 4 * kFp8PBytes;
-constexpr int kFp8PlanBytes = kFp8QRopeOffset + kSmallRows * 128;
+// Q as three e4m3 terms of the scaled latent part, [group][block][term][16 rows][128 B]
+// (128B-swizzled, 6 KiB a block: the three terms of a block are the 48 rows of one m64n48k32 B
+// operand), the stages, P^T [buffer][group] ([rows][token] f16, the blocks' rows one after the
+// other: one B operand of N = 16 kBlocks), and Q's bf16 RoPE sub-tile ([rows][128 B]).
+// Four stages at 16 rows; three at 32 (Q and P^T take twice the room). Three stages cost the
+// 16-row kernel 4% (perf-log v17), and the 32-row one is bound by its math, not its loads.
+template <int kBlocks>
+struct Fp8Plan {
+  static constexpr int kRows = kBlocks * kSmallRows;
+  static constexpr int kQBlockBytes = 3 * kSmallRows * 128;
+  static constexpr int kQGroupBytes = kBlocks * kQBlockBytes;
+  static constexpr int kStages = kBlocks == 1 ? 4 : 3;
+  static constexpr int kPBytes = kRows * kBlockN * 2;  // P^T of one group
+  static constexpr int kStagesOffset = 4 * kQGroupBytes;
+  static constexpr int kPOffset = kStagesOffset + kStages * kFp8StageBytes;
+  static constexpr int kQRopeOffset = kPOffset + 2 * 4 * kPBytes;
+  static constexpr int kBytes = kQRopeOffset + kRows * 128;
+  static_assert(kStagesOffset % 1024 == 0 && kPOffset % 1024 == 0 && kQRopeOffset % 1024 == 0,
+                "FP8 stages, P^T and Q keep the 1024-byte swizzle atom");
+};
+constexpr int kFp8MaxStages = 4;
 // Each Q row is scaled by 2^k (exact) so that its largest |q|, mx, lands in (224, 448], e4m3's
 // top binade. k is clamped to [-126, 126] so that 2^k and 2^-k stay normal floats: a row of
 // values so small that 448 / mx would overflow keeps finite terms (no 0 * inf = NaN). Zero or
@@ -96,13 +123,12 @@ __host__ __device__ inline float small_pow2(int k) {  // 2^k for k in [-126, 127
   memcpy(&f, &bits, sizeof f);
   return f;
 }
-static_assert(kFp8StageBytes % 1024 == 0 && kFp8StagesOffset % 1024 == 0 && kFp8POffset % 1024 == 0 &&
-                  kFp8QRopeOffset % 1024 == 0,
-              "FP8 stages, P^T and Q keep the 1024-byte swizzle atom");
+static_assert(kFp8StageBytes % 1024 == 0, "FP8 stages keep the 1024-byte swizzle atom");
 
-// Named barriers (id 0 is __syncthreads). kQFree .. kSumPublished are the scores warpgroup's
-// own and kVTailZeroed the values warpgroup's (128 threads); the P hand-off ones pair the two
-// (256), per P buffer.
+// Named barriers (id 0 is __syncthreads). kQFree .. kSumPublished are a scores warpgroup's
+// own (128 threads; block 1's scores warpgroup uses the same names at id + kSmallBlock1Ids) and
+// kVTailZeroed the values warpgroup's; the P hand-off ones pair the scores warpgroups with the
+// values warpgroup (small_handoff_threads), per P buffer.
 enum class SmallBarrier : int {
   kQFree = 1,          // every scores thread is done with the previous piece's Q and row sums
   kQReady = 2,         // the piece's Q is in sQ
@@ -116,35 +142,43 @@ enum class SmallBarrier : int {
   kPEmpty1 = 9,
   kVTailZeroed = 10,   // FP8: the values warpgroup zeroed the stage's rows past the sequence end
 };
-constexpr int kSmallHandoffThreads = 256;
+constexpr int kSmallBlock1Ids = 10;  // block 1's kQFree .. kSumPublished: ids 11 .. 15
+static_assert(static_cast<int>(SmallBarrier::kSumPublished) + kSmallBlock1Ids <= 15,
+              "named barrier ids stop at 15");
+constexpr int small_handoff_threads(int blocks) { return (blocks + 1) * kSmallMathThreads; }
 
 struct alignas(1024) SmallStorage {
   uint16_t q[kSubTiles][kSmallRows * kSubCols];  // 18 KiB: Q, 128B-swizzled, K-major (B of S^T)
   // P [row][token], K-major (B of O^T), double-buffered between the two math warpgroups.
   uint16_t p[2][kSmallRows * kBlockN];
   alignas(1024) char ring[kSmallRingBytes];
-  float red_max[2][4][kSmallRows];  // per tile parity: each warp's max over its 16 tokens
-  float red_sum[4][kSmallRows];
+  // Per-row arrays span kSmallMaxRows: block b's scores warpgroup owns rows 16 b .. 16 b + 15.
+  float red_max[2][4][kSmallMaxRows];  // per tile parity: each warp's max over its 16 tokens
+  float red_sum[4][kSmallMaxRows];
   // Per P buffer: the tile's rescale of O (exp2 of old max - new max) per query row, and for the
   // last tile of a piece its final row max (log2 domain) and row sum, for the epilogue.
-  float alpha[2][kSmallRows];
-  float fin_max[2][kSmallRows];
-  float fin_sum[2][kSmallRows];
-  float q_unscale[kSmallRows];  // FP8: 1 / the power of two Q's latent row was scaled by
-  // FP8, per 128-dim group: each warp's largest scale of the tile (per tile parity), and per P
-  // buffer the rescale of O's group blocks (old / new running scale bound) and, for the last
-  // tile of a piece, the bound itself (P^T is in units of it).
-  float red_smax[2][4][4];
+  float alpha[2][kSmallMaxRows];
+  float fin_max[2][kSmallMaxRows];
+  float fin_sum[2][kSmallMaxRows];
+  float q_unscale[kSmallMaxRows];  // FP8: 1 / the power of two Q's latent row was scaled by
+  // FP8, per 128-dim group: each warp's largest scale of the tile (per tile parity and block),
+  // and per P buffer the rescale of O's group blocks (old / new running scale bound) and, for
+  // the last tile of a piece, the bound itself (P^T is in units of it). Both blocks' scores
+  // warpgroups compute the same bounds (same tokens, same scales); block 0's are published.
+  float red_smax[2][kSmallMaxBlocks][4][4];
   float gfac[2][4];
   float fin_gmax[2][4];
   uint64_t full[kSmallSlots16];   // 16-bit: slot holds its sub-tile (TMA bytes)
   uint64_t empty[kSmallSlots16];  // 16-bit: the math is done with the slot
-  uint64_t staged_full[kFp8Stages];   // FP8: the tile's records landed
-  uint64_t staged_empty[kFp8Stages];  // FP8: the values warpgroup's O^T is done with them
+  uint64_t staged_full[kFp8MaxStages];   // FP8: the tile's records landed
+  uint64_t staged_empty[kFp8MaxStages];  // FP8: the values warpgroup's O^T is done with them
 };
 
-static_assert(kFp8PlanBytes <= offsetof(SmallStorage, ring) + kSmallRingBytes,
+static_assert(Fp8Plan<1>::kBytes <= offsetof(SmallStorage, ring) + kSmallRingBytes &&
+                  Fp8Plan<2>::kBytes <= offsetof(SmallStorage, ring) + kSmallRingBytes,
               "FP8 plan exceeds SmallStorage's q, p and ring");
+static_assert(Fp8Plan<1>::kStages <= kFp8MaxStages && Fp8Plan<2>::kStages <= kFp8MaxStages,
+              "FP8 stage barriers");
 
 constexpr int kSmallSmemBytes = static_cast<int>(sizeof(SmallStorage)) + 1024;
 static_assert(kSmallSmemBytes <= 232448, "small-head shared memory plan exceeds 227 KiB");

@@ -24,38 +24,47 @@
 namespace flashmla::sm90 {
 
 __device__ __forceinline__ char* fp8_plan(SmallStorage& s) { return reinterpret_cast<char*>(&s); }
+template <int kBlocks>
 __device__ __forceinline__ char* fp8_stage(SmallStorage& s, int i) {
-  return fp8_plan(s) + kFp8StagesOffset + i * kFp8StageBytes;
+  return fp8_plan(s) + Fp8Plan<kBlocks>::kStagesOffset + i * kFp8StageBytes;
 }
 // P^T of one 128-dim group of one buffer: [row][token] f16, 128B-swizzled, K-major.
+template <int kBlocks>
 __device__ __forceinline__ char* fp8_p(SmallStorage& s, int buf, int group) {
-  return fp8_plan(s) + kFp8POffset + (buf * 4 + group) * kFp8PBytes;
+  return fp8_plan(s) + Fp8Plan<kBlocks>::kPOffset + (buf * 4 + group) * Fp8Plan<kBlocks>::kPBytes;
 }
 
 // Tile n of the part: its stage and the stage's phase (staged_full; staged_empty one lap behind).
-__device__ __forceinline__ int fp8_stage_of(int n) { return n % kFp8Stages; }
-__device__ __forceinline__ uint32_t fp8_phase_of(int n) { return (n / kFp8Stages) & 1; }
+template <int kBlocks>
+__device__ __forceinline__ int fp8_stage_of(int n) { return n % Fp8Plan<kBlocks>::kStages; }
+template <int kBlocks>
+__device__ __forceinline__ uint32_t fp8_phase_of(int n) { return (n / Fp8Plan<kBlocks>::kStages) & 1; }
 
 // One thread: each tile's latent bytes, RoPE and scales into the next stage once the values
 // warpgroup has released it. Pages past the sequence end are not read.
+template <int kBlocks>
 __device__ __forceinline__ void small_tma_fp8(const MlaDecodeParams& p, const KvMaps& maps,
                                               SmallStorage& s, const PartWalk& walk, int kv_head) {
   int n = 0;
   for (TileCursor tile(p, walk); tile.valid(p, walk); tile.advance(p, walk), ++n) {
-    const int st = fp8_stage_of(n);
-    if (n >= kFp8Stages) mbar_wait(&s.staged_empty[st], fp8_phase_of(n) ^ 1);
-    char* base = fp8_stage(s, st);
+    const int st = fp8_stage_of<kBlocks>(n);
+    if (n >= Fp8Plan<kBlocks>::kStages) mbar_wait(&s.staged_empty[st], fp8_phase_of<kBlocks>(n) ^ 1);
+    char* base = fp8_stage<kBlocks>(s, st);
     issue_fp8_boxes(p, &maps.fp8_latent_sw128, maps, tile, kv_head, base, base + kFp8ScalesOffset,
                     base + kFp8RopeOffset, &s.staged_full[st]);
   }
 }
 
-// The three e4m3 Q terms of 128-dim group j for the e4m3 S^T: [term][16 rows][128 B],
-// 128B-swizzled, K-major (the 48 rows of one m64n48k32 B operand).
-__device__ __forceinline__ char* fp8_q_group(SmallStorage& s, int j) {
-  return fp8_plan(s) + j * kFp8QGroupBytes;
+// The three e4m3 Q terms of 128-dim group j and row block b for the e4m3 S^T:
+// [term][16 rows][128 B], 128B-swizzled, K-major (the 48 rows of one m64n48k32 B operand).
+template <int kBlocks>
+__device__ __forceinline__ char* fp8_q_group(SmallStorage& s, int j, int block) {
+  return fp8_plan(s) + j * Fp8Plan<kBlocks>::kQGroupBytes + block * Fp8Plan<kBlocks>::kQBlockBytes;
 }
-__device__ __forceinline__ char* fp8_q_rope(SmallStorage& s) { return fp8_plan(s) + kFp8QRopeOffset; }
+template <int kBlocks>
+__device__ __forceinline__ char* fp8_q_rope(SmallStorage& s) {
+  return fp8_plan(s) + Fp8Plan<kBlocks>::kQRopeOffset;
+}
 
 // Q of sequence i for the e4m3 S^T. Row r's latent part times a power of two 2^e_r (its largest
 // |q| lands in (224, 448]: small_q_scale_exponent) is written as the sum of three e4m3 terms,
@@ -64,12 +73,15 @@ __device__ __forceinline__ char* fp8_q_rope(SmallStorage& s) { return fp8_plan(s
 // e4m3's subnormal step bounds the small elements), so a score moves by far less than the
 // bf16 rounding of K moves it in the 16-bit path. The RoPE part stays bf16 (its wgmma is
 // bf16). Thread (row = tid / 8, u = tid % 8): dims 64 u .. of the latent part, 8 u .. of the
-// RoPE part, all its loads in flight together.
+// RoPE part, all its loads in flight together; the scores warpgroup of row block b loads rows
+// 16 b .. 16 b + 15.
+template <int kBlocks>
 __device__ __forceinline__ void load_q_fp8(const MlaDecodeParams& p, SmallStorage& s, int i,
-                                           int kv_head, int tid) {
+                                           int kv_head, int block, int tid) {
   const int heads_per_kv = p.num_heads_q / p.num_heads_kv;
   const int rows = p.seqlen_q * heads_per_kv;
-  const int row = tid / 8, u = tid % 8;
+  const int lrow = tid / 8, u = tid % 8;
+  const int row = block * kSmallRows + lrow;
   uint4 v[8], rope = make_uint4(0, 0, 0, 0);
 #pragma unroll
   for (int k = 0; k < 8; ++k) v[k] = make_uint4(0, 0, 0, 0);
@@ -112,14 +124,14 @@ __device__ __forceinline__ void load_q_fp8(const MlaDecodeParams& p, SmallStorag
   const int group = u / 2, sw = row & 7;
 #pragma unroll
   for (int t = 0; t < 3; ++t) {
-    char* dst = fp8_q_group(s, group) + (t * kSmallRows + row) * 128;
+    char* dst = fp8_q_group<kBlocks>(s, group, block) + (t * kSmallRows + lrow) * 128;
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
       *reinterpret_cast<uint4*>(dst + (((4 * (u % 2) + c) ^ sw) << 4)) =
           make_uint4(term[t][4 * c], term[t][4 * c + 1], term[t][4 * c + 2], term[t][4 * c + 3]);
     }
   }
-  *reinterpret_cast<uint4*>(fp8_q_rope(s) + swizzled_offset(row, 8 * u)) = rope;
+  *reinterpret_cast<uint4*>(fp8_q_rope<kBlocks>(s) + swizzled_offset(row, 8 * u)) = rope;
 }
 
 // O^T A fragments (f16) of block jb (dims 64 jb ..), k steps kk and kk + 1 (tokens 16 kk ..) for warp

@@ -1,4 +1,5 @@
 // The sm90 small-head decode kernel: at most 16 query rows per kv head (h_q * s_q / h_kv <= 16),
+// or 32 with an FP8 cache (two row blocks of 16, one scores warpgroup each: kBlocks = 2),
 // pages of >= 16 tokens, 16-bit or FP8 caches. One CTA = (scheduler part, kv head), walking the
 // same split-KV schedule as the wide kernel and writing the same partials for the combine.
 //
@@ -35,8 +36,12 @@ struct RingPos {
   }
 };
 
-__device__ __forceinline__ void small_sync(SmallBarrier b) {
-  named_barrier_sync(static_cast<int>(b), kSmallMathThreads);
+// A scores warpgroup's own barriers: row block 1 uses the ids above block 0's.
+__device__ __forceinline__ int small_barrier_id(SmallBarrier b, int block) {
+  return static_cast<int>(b) + (block ? kSmallBlock1Ids : 0);
+}
+__device__ __forceinline__ void small_sync(SmallBarrier b, int block = 0) {
+  named_barrier_sync(small_barrier_id(b, block), kSmallMathThreads);
 }
 
 __device__ __forceinline__ char* small_slot(SmallStorage& s, int i) {
@@ -134,55 +139,77 @@ __device__ __forceinline__ void small_scores_16bit(SmallStorage& s, RingPos& pos
 // sec. 3.3.2), so chaining the leading term's 16 products and the small terms onto one
 // accumulator lost ~2^-9 of a score (a failed lse test). Here every term chains over one group
 // only (128 products, the interval that report uses), and the three are added in fp32.
-__device__ __forceinline__ void small_scores_fp8(SmallStorage& s, int stage_index, const SmallFragment& f,
-                                                 const float (&unscale)[4], float (&sc)[8], float4& s0,
-                                                 float4& s1) {
-  const char* stage = fp8_stage(s, stage_index);
+// With two row blocks the groups run in two passes of two: a scores warpgroup there has 128
+// registers, and four live 24-register accumulators would not fit beside the softmax state.
+template <int kBlocks>
+__device__ __forceinline__ void small_scores_fp8(SmallStorage& s, int stage_index, int block,
+                                                 const SmallFragment& f, const float (&unscale)[4],
+                                                 float (&sc)[8], float4& s0, float4& s1) {
+  using Plan = Fp8Plan<kBlocks>;
+  constexpr int kPasses = kBlocks;
+  constexpr int kG = 4 / kPasses;  // groups per pass
+  const char* stage = fp8_stage<kBlocks>(s, stage_index);
   const uint32_t st = smem_addr(stage);
   const uint64_t k_desc = make_desc_sw128(st, 16, 1024);
   const uint64_t rope_desc = make_desc_sw128(st + kFp8RopeOffset, 16, 1024);
-  const uint64_t q_rope_desc = make_desc_sw128(smem_addr(fp8_q_rope(s)), 16, 1024);
-  const uint64_t q_desc = make_desc_sw128(smem_addr(fp8_q_group(s, 0)), 16, 1024);
-  float acc[4][24], rope[8];  // acc[j]: registers 8 t .. 8 t + 7 are Q term t of group j
-  wgmma_fence();
+  const uint64_t q_rope_desc =
+      make_desc_sw128(smem_addr(fp8_q_rope<kBlocks>(s)) + block * kSmallRows * 128, 16, 1024);
+  const uint64_t q_desc = make_desc_sw128(smem_addr(fp8_q_group<kBlocks>(s, 0, block)), 16, 1024);
+  float rope[8], lat[8];
 #pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    wgmma_m64n16k16<__nv_bfloat16, 0>(rope, desc_advance(rope_desc, k * 32), desc_advance(q_rope_desc, k * 32),
-                                      k > 0);
-  }
+  for (int pass = 0; pass < kPasses; ++pass) {
+    float acc[kG][24];  // acc[j]: registers 8 t .. 8 t + 7 are Q term t of group kG pass + j
+    wgmma_fence();
+    if (pass == 0) {
 #pragma unroll
-  for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {  // consecutive wgmmas independent (see small_scores_16bit)
-      wgmma_m64n48k32_e4m3(acc[j], desc_advance_lo(k_desc, j * (kBlockN * 128) + kk * 32),
-                           desc_advance_lo(q_desc, j * kFp8QGroupBytes + kk * 32), kk > 0);
+      for (int k = 0; k < 4; ++k) {
+        wgmma_m64n16k16<__nv_bfloat16, 0>(rope, desc_advance(rope_desc, k * 32),
+                                          desc_advance(q_rope_desc, k * 32), k > 0);
+      }
     }
-  wgmma_commit();
-  s0 = *reinterpret_cast<const float4*>(stage + kFp8ScalesOffset + f.tok0 * 16);  // under the wgmmas
-  s1 = *reinterpret_cast<const float4*>(stage + kFp8ScalesOffset + f.tok1 * 16);
-  wgmma_wait<0>();
 #pragma unroll
-  for (int j = 0; j < 4; ++j) fence_operands(acc[j]);
-  fence_operands(rope);
+    for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
-  for (int e = 0; e < 8; ++e) {
-    const float4& c = (e & 2) ? s1 : s0;  // registers 2, 3, 6, 7 are the +8 row
-    float g[4];
+      for (int j = 0; j < kG; ++j) {  // consecutive wgmmas independent (see small_scores_16bit)
+        const int grp = kG * pass + j;
+        wgmma_m64n48k32_e4m3(acc[j], desc_advance_lo(k_desc, grp * (kBlockN * 128) + kk * 32),
+                             desc_advance_lo(q_desc, grp * Plan::kQGroupBytes + kk * 32), kk > 0);
+      }
+    wgmma_commit();
+    if (pass == 0) {  // under the wgmmas
+      s0 = *reinterpret_cast<const float4*>(stage + kFp8ScalesOffset + f.tok0 * 16);
+      s1 = *reinterpret_cast<const float4*>(stage + kFp8ScalesOffset + f.tok1 * 16);
+    }
+    wgmma_wait<0>();
 #pragma unroll
-    for (int j = 0; j < 4; ++j) g[j] = acc[j][e] + (acc[j][8 + e] + acc[j][16 + e]);
-    const float lat = (c.x * g[0] + c.y * g[1]) + (c.z * g[2] + c.w * g[3]);
-    sc[e] = fmaf(lat, unscale[(e / 4) * 2 + (e % 2)], rope[e]);  // column ci of register e
+    for (int j = 0; j < kG; ++j) fence_operands(acc[j]);
+    if (pass == 0) fence_operands(rope);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float4& c = (e & 2) ? s1 : s0;  // registers 2, 3, 6, 7 are the +8 row
+      const float cs[4] = {c.x, c.y, c.z, c.w};
+      float g[kG];
+#pragma unroll
+      for (int j = 0; j < kG; ++j) g[j] = acc[j][e] + (acc[j][8 + e] + acc[j][16 + e]);
+      float part = cs[kG * pass] * g[0] + cs[kG * pass + 1] * g[1];
+      if constexpr (kG == 4) part = part + (cs[2] * g[2] + cs[3] * g[3]);
+      lat[e] = pass == 0 ? part : lat[e] + part;
+    }
   }
+#pragma unroll
+  for (int e = 0; e < 8; ++e) sc[e] = fmaf(lat[e], unscale[(e / 4) * 2 + (e % 2)], rope[e]);  // column ci of register e
 }
 
-// The scores warpgroup: per tile S^T = K Q^T, the online softmax down the token axis, and P^T
-// into the tile's P buffer for the values warpgroup, with the rescale of O it implies; at the
-// last tile of a piece also the piece's row maxima and sums. Owns Q and the softmax state.
-template <typename T, bool kFp8>
+// The scores warpgroup of row block `block` (query rows 16 block ..): per tile S^T = K Q^T, the
+// online softmax down the token axis, and P^T into the tile's P buffer for the values
+// warpgroup, with the rescale of O it implies; at the last tile of a piece also the piece's row
+// maxima and sums. Owns its rows' Q and softmax state.
+template <typename T, bool kFp8, int kBlocks>
 __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStorage& s,
-                                             const PartWalk& walk, int kv_head, int tid) {
+                                             const PartWalk& walk, int kv_head, int block, int tid) {
   const SmallFragment f(tid);
   const float scale_log2 = p.softmax_scale * 1.4426950408889634f;
+  const int r0 = block * kSmallRows;  // this warpgroup's first query row
 
   RingPos pos;
   int n = 0;  // tiles of the part so far: P buffer n % 2, red_max and red_smax buffer too
@@ -192,19 +219,19 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
     if (lo >= hi) continue;
     int limit[4];
 #pragma unroll
-    for (int ci = 0; ci < 4; ++ci) limit[ci] = row_limit(p, seqlen, 0, f.col(ci));
+    for (int ci = 0; ci < 4; ++ci) limit[ci] = row_limit(p, seqlen, 0, r0 + f.col(ci));
 
-    small_sync(SmallBarrier::kQFree);
+    small_sync(SmallBarrier::kQFree, block);
     if constexpr (kFp8) {
-      load_q_fp8(p, s, i, kv_head, tid);
+      load_q_fp8<kBlocks>(p, s, i, kv_head, block, tid);
     } else {
       load_q<kSmallRows, kSmallMathThreads>(p, s.q[0], i, kv_head, 0, tid);
     }
     fence_proxy_async();
-    small_sync(SmallBarrier::kQReady);
+    small_sync(SmallBarrier::kQReady, block);
     float unscale[4];  // FP8: Q's row unscale per column
 #pragma unroll
-    for (int ci = 0; ci < 4; ++ci) unscale[ci] = kFp8 ? s.q_unscale[f.col(ci)] : 1.f;
+    for (int ci = 0; ci < 4; ++ci) unscale[ci] = kFp8 ? s.q_unscale[r0 + f.col(ci)] : 1.f;
 
     float m[4], l[4];
 #pragma unroll
@@ -227,9 +254,9 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
       float sc[8];
       float4 scale0, scale1;  // FP8: the group scales of tokens tok0, tok1 (for P^T)
       if constexpr (kFp8) {
-        const int st = fp8_stage_of(n);
-        mbar_wait(&s.staged_full[st], fp8_phase_of(n));
-        small_scores_fp8(s, st, f, unscale, sc, scale0, scale1);
+        const int st = fp8_stage_of<kBlocks>(n);
+        mbar_wait(&s.staged_full[st], fp8_phase_of<kBlocks>(n));
+        small_scores_fp8<kBlocks>(s, st, block, f, unscale, sc, scale0, scale1);
       } else {
         int rope_slot;
         small_scores_16bit<T>(s, pos, seqlen - blk * kBlockN, tid, sc, rope_slot);
@@ -269,7 +296,7 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
       // Lazy rescale: the offset m stays while no score passes it by more than kSmallLazyRescale
       // (log2 domain), and a group's scale bound while no scale passes it, so most tiles skip
       // the max exchange.
-      if (named_barrier_or(static_cast<int>(SmallBarrier::kMaxPublished), kSmallMathThreads, grows)) {
+      if (named_barrier_or(small_barrier_id(SmallBarrier::kMaxPublished, block), kSmallMathThreads, grows)) {
         if constexpr (kFp8) {
           // The tile's largest scale per group: lanes of a quad hold the same two tokens.
 #pragma unroll
@@ -278,7 +305,7 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
             x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 4));
             x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 8));
             x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 16));
-            if (tid % 32 == 0) s.red_smax[buf][f.warp][g] = x;
+            if (tid % 32 == 0) s.red_smax[buf][block][f.warp][g] = x;
           }
         }
 #pragma unroll
@@ -290,20 +317,20 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
         }
         if (f.g == 0) {
 #pragma unroll
-          for (int ci = 0; ci < 4; ++ci) s.red_max[buf][f.warp][f.col(ci)] = mx[ci];
+          for (int ci = 0; ci < 4; ++ci) s.red_max[buf][f.warp][r0 + f.col(ci)] = mx[ci];
         }
-        small_sync(SmallBarrier::kMaxPublished);
+        small_sync(SmallBarrier::kMaxPublished, block);
 #pragma unroll
         for (int ci = 0; ci < 4; ++ci) {
-          const int c = f.col(ci);
+          const int c = r0 + f.col(ci);
           mx[ci] = fmaxf(fmaxf(s.red_max[buf][0][c], s.red_max[buf][1][c]),
                          fmaxf(s.red_max[buf][2][c], s.red_max[buf][3][c]));
         }
         if constexpr (kFp8) {
 #pragma unroll
           for (int g = 0; g < 4; ++g) {
-            const float x = fmaxf(fmaxf(s.red_smax[buf][0][g], s.red_smax[buf][1][g]),
-                                  fmaxf(s.red_smax[buf][2][g], s.red_smax[buf][3][g]));
+            const float x = fmaxf(fmaxf(s.red_smax[buf][block][0][g], s.red_smax[buf][block][1][g]),
+                                  fmaxf(s.red_smax[buf][block][2][g], s.red_smax[buf][block][3][g]));
             if (x > gmax[g]) {
               const int e = small_scale_bound_exponent(x);
               const float bound = small_pow2(e), inv = small_pow2(-e);
@@ -329,11 +356,11 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
         l[ci] = l[ci] * alpha[ci] + p0[ci] + p1[ci];
       }
       // The values warpgroup's O^T of tile n - 2 read this buffer; the first two are free.
-      if (n >= 2) named_barrier_sync(static_cast<int>(SmallBarrier::kPEmpty0) + buf, kSmallHandoffThreads);
+      if (n >= 2) named_barrier_sync(static_cast<int>(SmallBarrier::kPEmpty0) + buf, small_handoff_threads(kBlocks));
       // P^T [row][token] by one transposing stmatrix per warp and buffer: the warp's 16 tokens
       // x 16 rows as four 8x8 matrices (tok0 / tok1 x columns 0-7 / 8-15), register pairs of
       // adjacent columns of one token.
-      const uint32_t pt_offset = swizzled_offset(8 * (tid % 32 / 16) + tid % 8, 16 * f.warp + 8 * (tid % 16 / 8));
+      const uint32_t pt_offset = swizzled_offset(r0 + 8 * (tid % 32 / 16) + tid % 8, 16 * f.warp + 8 * (tid % 16 / 8));
       if constexpr (kFp8) {
         // Per 128-dim group in fp16, times the token's group scale over the group's bound
         // (masked tokens: P = 0 even where a stale scale is NaN).
@@ -341,7 +368,7 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
         for (int g = 0; g < 4; ++g) {
           const float ua = sa[g] * ginv[g], ub = sb[g] * ginv[g];
           auto pv = [&](float x, float u) { return x > 0.f ? x * u : 0.f; };
-          stmatrix_x4_trans(smem_addr(fp8_p(s, buf, g)) + pt_offset,
+          stmatrix_x4_trans(smem_addr(fp8_p<kBlocks>(s, buf, g)) + pt_offset,
                             pack_bits<__half>(pv(p0[0], ua), pv(p0[1], ua)), pack_bits<__half>(pv(p1[0], ub), pv(p1[1], ub)),
                             pack_bits<__half>(pv(p0[2], ua), pv(p0[3], ua)), pack_bits<__half>(pv(p1[2], ub), pv(p1[3], ub)));
         }
@@ -351,10 +378,10 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
       }
 #pragma unroll
       for (int ci = 0; ci < 4; ++ci) {
-        if (f.warp == 0 && f.g == 0) s.alpha[buf][f.col(ci)] = alpha[ci];
+        if (f.warp == 0 && f.g == 0) s.alpha[buf][r0 + f.col(ci)] = alpha[ci];
       }
       if constexpr (kFp8) {
-        if (tid == 0) {
+        if (tid == 0 && block == 0) {  // block 1's bounds are the same
 #pragma unroll
           for (int g = 0; g < 4; ++g) {
             s.gfac[buf][g] = gf[g];
@@ -374,20 +401,20 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
         }
         if (f.g == 0) {
 #pragma unroll
-          for (int ci = 0; ci < 4; ++ci) s.red_sum[f.warp][f.col(ci)] = l[ci];
+          for (int ci = 0; ci < 4; ++ci) s.red_sum[f.warp][r0 + f.col(ci)] = l[ci];
         }
-        small_sync(SmallBarrier::kSumPublished);
+        small_sync(SmallBarrier::kSumPublished, block);
         if (f.warp == 0 && f.g == 0) {
 #pragma unroll
           for (int ci = 0; ci < 4; ++ci) {
-            const int c = f.col(ci);
+            const int c = r0 + f.col(ci);
             s.fin_sum[buf][c] = s.red_sum[0][c] + s.red_sum[1][c] + s.red_sum[2][c] + s.red_sum[3][c];
             s.fin_max[buf][c] = m[ci];
           }
         }
       }
       fence_proxy_async();  // P^T is read by the values warpgroup's wgmma (async proxy)
-      named_barrier_arrive(static_cast<int>(SmallBarrier::kPFull0) + buf, kSmallHandoffThreads);
+      named_barrier_arrive(static_cast<int>(SmallBarrier::kPFull0) + buf, small_handoff_threads(kBlocks));
     }
   }
 }
@@ -438,10 +465,12 @@ __device__ __forceinline__ void small_values_16bit(SmallStorage& s, RingPos& pos
 
 // O^T += V^T P^T of one tile, FP8 caches: per 128-dim group (blocks 2 q, 2 q + 1) its eight
 // wgmmas with A from registers (fp8_v_fragments) and B the group's scaled P^T; A
-// double-buffered, group q + 1 converts while q runs. The caller releases the stage.
+// double-buffered, group q + 1 converts while q runs. The caller releases the stage. N = 16
+// rows per row block: the conversion of V is the same for one block or two.
+template <int kBlocks>
 __device__ __forceinline__ void small_values_fp8(SmallStorage& s, int stage_index, int buf, int warp,
-                                                 int lane, float (&o)[8][8]) {
-  const uint32_t st = smem_addr(fp8_stage(s, stage_index));
+                                                 int lane, float (&o)[8][8 * kBlocks]) {
+  const uint32_t st = smem_addr(fp8_stage<kBlocks>(s, stage_index));
   uint32_t a[2][2][2][2][4];  // [buffer][block of the group][k-step pair][k step][register]
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
@@ -450,23 +479,26 @@ __device__ __forceinline__ void small_values_fp8(SmallStorage& s, int stage_inde
     for (int u = 0; u < 2; ++u)
 #pragma unroll
       for (int kp = 0; kp < 2; ++kp) fp8_v_fragments(st, 2 * q + u, 2 * kp, warp, lane, a[q % 2][u][kp]);
-    const uint64_t p_desc = make_desc_sw128(smem_addr(fp8_p(s, buf, q)), 16, 1024);
+    const uint64_t p_desc = make_desc_sw128(smem_addr(fp8_p<kBlocks>(s, buf, q)), 16, 1024);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk)
 #pragma unroll
       for (int u = 0; u < 2; ++u)
-        wgmma_m64n16k16_f16_rs(o[2 * q + u], a[q % 2][u][kk / 2][kk % 2], desc_advance(p_desc, kk * 32), 1);
+        wgmma_f16_rs<kBlocks>(o[2 * q + u], a[q % 2][u][kk / 2][kk % 2], desc_advance(p_desc, kk * 32), 1);
     wgmma_commit();
   }
   wgmma_wait<0>();
 }
 
-// The values warpgroup: per tile O^T = V^T P^T after the rescale the scores warpgroup
+// The values warpgroup: per tile O^T = V^T P^T after the rescale the scores warpgroups
 // published; at the end of a piece the epilogue (normalise, write O or the split partial).
-template <typename T, bool kFp8>
+// Columns ci < 4 kBlocks of its fragment: query rows col(ci) (SmallFragment, N = 16 kBlocks).
+template <typename T, bool kFp8, int kBlocks>
 __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStorage& s,
                                              const PartWalk& walk, int kv_head, int tid) {
+  constexpr int kCols = 4 * kBlocks;
+  constexpr int kAcc = 8 * kBlocks;
   const SmallFragment f(tid);
   const int lane = tid % 32;
   const int heads_per_kv = p.num_heads_q / p.num_heads_kv;
@@ -489,24 +521,24 @@ __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStor
     const int lo = small_uniform(walk.lo(i)), hi = small_uniform(walk.hi(i, num_kv_blocks(seqlen)));
     if (lo >= hi) continue;
 
-    float o[8][8];
+    float o[8][kAcc];
 #pragma unroll
     for (int j = 0; j < 8; ++j)
 #pragma unroll
-      for (int k = 0; k < 8; ++k) o[j][k] = 0.f;
-    float fin_max[4], fin_sum[4];
+      for (int k = 0; k < kAcc; ++k) o[j][k] = 0.f;
+    float fin_max[kCols], fin_sum[kCols];
     float fin_gmax[4] = {1.f, 1.f, 1.f, 1.f};  // FP8: the unit of P^T per group at the end
 
     for (int blk = lo; blk < hi; ++blk, ++n) {
       const int buf = n % 2;
-      named_barrier_sync(static_cast<int>(SmallBarrier::kPFull0) + buf, kSmallHandoffThreads);
+      named_barrier_sync(static_cast<int>(SmallBarrier::kPFull0) + buf, small_handoff_threads(kBlocks));
       float gf[4] = {1.f, 1.f, 1.f, 1.f};  // FP8: rescale of the group blocks of O
       if constexpr (kFp8) {
-        char* stage = fp8_stage(s, fp8_stage_of(n));
-        mbar_wait(&s.staged_full[fp8_stage_of(n)], fp8_phase_of(n));  // visibility
+        char* stage = fp8_stage<kBlocks>(s, fp8_stage_of<kBlocks>(n));
+        mbar_wait(&s.staged_full[fp8_stage_of<kBlocks>(n)], fp8_phase_of<kBlocks>(n));  // visibility
         // Rows past the sequence end hold whatever the stage had (e4m3 NaN included, which the
         // f16 conversion keeps): zero them, since O^T multiplies them by P = 0. The scores
-        // warpgroup is done with this stage (it handed P^T over).
+        // warpgroups are done with this stage (they handed P^T over).
         const int valid = seqlen - blk * kBlockN;
         if (valid < kBlockN) {
           for (int c = valid * 8 + tid; c < kBlockN * 8; c += kSmallMathThreads)
@@ -519,12 +551,12 @@ __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStor
 #pragma unroll
         for (int g = 0; g < 4; ++g) gf[g] = s.gfac[buf][g];
       }
-      float alpha[4];
+      float alpha[kCols];
 #pragma unroll
-      for (int ci = 0; ci < 4; ++ci) alpha[ci] = s.alpha[buf][f.col(ci)];
+      for (int ci = 0; ci < kCols; ++ci) alpha[ci] = s.alpha[buf][f.col(ci)];
       if (blk == hi - 1) {
 #pragma unroll
-        for (int ci = 0; ci < 4; ++ci) {
+        for (int ci = 0; ci < kCols; ++ci) {
           fin_max[ci] = s.fin_max[buf][f.col(ci)];
           fin_sum[ci] = s.fin_sum[buf][f.col(ci)];
         }
@@ -533,13 +565,14 @@ __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStor
           for (int g = 0; g < 4; ++g) fin_gmax[g] = s.fin_gmax[buf][g];
         }
       }
-      if (!__all_sync(0xffffffff, alpha[0] == 1.f && alpha[1] == 1.f && alpha[2] == 1.f &&
-                                      alpha[3] == 1.f && gf[0] == 1.f && gf[1] == 1.f &&
-                                      gf[2] == 1.f && gf[3] == 1.f)) {
+      bool unit = gf[0] == 1.f && gf[1] == 1.f && gf[2] == 1.f && gf[3] == 1.f;
+#pragma unroll
+      for (int ci = 0; ci < kCols; ++ci) unit = unit && alpha[ci] == 1.f;
+      if (!__all_sync(0xffffffff, unit)) {
 #pragma unroll
         for (int j = 0; j < 8; ++j)
 #pragma unroll
-          for (int ci = 0; ci < 4; ++ci) {
+          for (int ci = 0; ci < kCols; ++ci) {
             const float x = alpha[ci] * gf[j / 2];
             o[j][SmallFragment::reg(ci)] *= x;
             o[j][SmallFragment::reg(ci) + 2] *= x;
@@ -548,22 +581,23 @@ __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStor
 #pragma unroll
       for (int j = 0; j < 8; ++j) fence_operands(o[j]);
       if constexpr (kFp8) {
-        small_values_fp8(s, fp8_stage_of(n), buf, f.warp, lane, o);
-        if (tid == 0) mbar_arrive(&s.staged_empty[fp8_stage_of(n)]);
+        small_values_fp8<kBlocks>(s, fp8_stage_of<kBlocks>(n), buf, f.warp, lane, o);
+        if (tid == 0) mbar_arrive(&s.staged_empty[fp8_stage_of<kBlocks>(n)]);
       } else {
+        static_assert(kFp8 || kBlocks == 1, "16-bit caches: one row block");
         small_values_16bit<T>(s, pos, buf, tid, o);
       }
 #pragma unroll
       for (int j = 0; j < 8; ++j) fence_operands(o[j]);
       if (n + 2 < tiles)
-        named_barrier_arrive(static_cast<int>(SmallBarrier::kPEmpty0) + buf, kSmallHandoffThreads);
+        named_barrier_arrive(static_cast<int>(SmallBarrier::kPEmpty0) + buf, small_handoff_threads(kBlocks));
     }
 
     // Epilogue: normalise, write O (or the split partial).
     const int n_splits = p.num_splits[i + 1] - p.num_splits[i];
     const int split = p.num_splits[i] + (i == walk.batch_begin ? walk.split_begin : 0);
 #pragma unroll
-    for (int ci = 0; ci < 4; ++ci) {
+    for (int ci = 0; ci < kCols; ++ci) {
       const int r = f.col(ci);
       if (r >= rows) continue;
       const float tot = fin_sum[ci];
@@ -599,8 +633,9 @@ __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStor
   }
 }
 
-// 16-bit caches (kFp8 = false) or the FP8-with-scale format (bf16 queries).
-template <typename T, bool kFp8>
+// 16-bit caches (kFp8 = false) or the FP8-with-scale format (bf16 queries); kBlocks row
+// blocks of 16 (2 for FP8 caches only).
+template <typename T, bool kFp8, int kBlocks>
 __global__ void __launch_bounds__(kSmallThreads, 1)
     mla_decode_small_kernel(const __grid_constant__ MlaDecodeParams p,
                             const __grid_constant__ KvMaps maps) {
@@ -615,7 +650,7 @@ __global__ void __launch_bounds__(kSmallThreads, 1)
     if constexpr (kFp8) {
       tma_prefetch_descriptor(&maps.fp8_rope);
       tma_prefetch_descriptor(&maps.fp8_scale);
-      for (int t = 0; t < kFp8Stages; ++t) {
+      for (int t = 0; t < Fp8Plan<kBlocks>::kStages; ++t) {
         mbar_init(&s.staged_full[t], 1);   // expect_tx
         mbar_init(&s.staged_empty[t], 1);  // the values warpgroup's thread 0
       }
@@ -630,21 +665,35 @@ __global__ void __launch_bounds__(kSmallThreads, 1)
   __syncthreads();
 
   if (warp < 4) {
-    setmaxnreg_dec<kSmallTmaRegs>();
+    setmaxnreg_dec<kBlocks == 2 ? kSmall2TmaRegs : kSmallTmaRegs>();
     if (threadIdx.x != 0) return;
     if constexpr (kFp8) {
-      small_tma_fp8(p, maps, s, walk, kv_head);
+      small_tma_fp8<kBlocks>(p, maps, s, walk, kv_head);
     } else {
       small_tma_16bit(p, &maps.kv, s, walk, kv_head);
     }
-  } else if (warp < kSmallScoreWarp) {
-    setmaxnreg_dec<kSmallIdleRegs>();
-  } else if (warp < kSmallValueWarp) {
-    setmaxnreg_inc<kSmallMathRegs>();
-    small_scores<T, kFp8>(p, s, walk, kv_head, threadIdx.x - kSmallScoreWarp * 32);
+  } else if constexpr (kBlocks == 2) {
+    // Block 1's scores warpgroup is warpgroup 1, block 0's warpgroup 2: one copy of the code
+    // (the block is a runtime value), so both meet their shared barriers at the same
+    // instructions (compute-sanitizer's synccheck flags a bar.sync generation completed from
+    // two inlined copies as divergent).
+    if (warp < kSmallValueWarp) {
+      setmaxnreg_inc<kSmall2ScoreRegs>();
+      small_scores<T, kFp8, 2>(p, s, walk, kv_head, warp < kSmallScoreWarp ? 1 : 0, threadIdx.x % 128);
+    } else {
+      setmaxnreg_inc<kSmall2ValueRegs>();
+      small_values<T, kFp8, 2>(p, s, walk, kv_head, threadIdx.x - kSmallValueWarp * 32);
+    }
   } else {
-    setmaxnreg_inc<kSmallMathRegs>();
-    small_values<T, kFp8>(p, s, walk, kv_head, threadIdx.x - kSmallValueWarp * 32);
+    if (warp < kSmallScoreWarp) {
+      setmaxnreg_dec<kSmallIdleRegs>();
+    } else if (warp < kSmallValueWarp) {
+      setmaxnreg_inc<kSmallMathRegs>();
+      small_scores<T, kFp8, 1>(p, s, walk, kv_head, 0, threadIdx.x - kSmallScoreWarp * 32);
+    } else {
+      setmaxnreg_inc<kSmallMathRegs>();
+      small_values<T, kFp8, 1>(p, s, walk, kv_head, threadIdx.x - kSmallValueWarp * 32);
+    }
   }
 }
 
