@@ -404,7 +404,7 @@ def reads_exact_fp8(q, k_cache):
     """True where flash_mla runs an FP8 cache through the small-head kernel, which computes
     scores from the e4m3 values and fp32 scales themselves; elsewhere (the wide kernel) K is
     rounded to bf16 for the MMAs. Restates the launcher's rule (src/sm90/decode_launch.cuh,
-    use_small_kernel; tests/cpp/test_gpu.cpp reads_exact_fp8): change them together. The
+    small_kernel_blocks; tests/cpp/test_gpu.cpp reads_exact_fp8): change them together. The
     launcher reads FLASHMLA_SMALL_HEADS once per process; set it before the first call."""
     _, s_q, h_q, _ = q.shape
     page, h_kv = k_cache.shape[1], k_cache.shape[2]

@@ -23,8 +23,8 @@ constexpr int kSmallRows = 16;
 // tile n + 1 and hands P^T over while warpgroup 3 (values) computes O^T of tile n (one
 // warpgroup doing both in sequence was latency-bound: its warps issued 20% of the time;
 // splitting O^T of FP8 tiles over two values warpgroups measured 7-17% slower, perf-log v14).
-// Thread 0 issues every TMA; warpgroups 0 and 1 otherwise idle, and setmaxnreg moves their
-// registers to the math.
+// Thread 0 issues every TMA; warpgroups 0 and 1 otherwise idle (with two row blocks warpgroup 1
+// is the second scores warpgroup), and setmaxnreg moves their registers to the math.
 constexpr int kSmallThreads = 512;
 constexpr int kSmallScoreWarp = 8;
 constexpr int kSmallValueWarp = 12;

@@ -12,7 +12,8 @@
 // two buffers, the values warpgroup does O^T and the epilogue. 16-bit caches: a sub-tile-grained
 // ring, each slot refilled by TMA as soon as it is released (this file). FP8 caches: whole-tile
 // stages of raw records, read by e4m3 wgmma for S^T and converted to f16 in registers for O^T
-// (small_fp8.cuh). docs/design.md, docs/perf-log.md v13, v14, v15.
+// (small_fp8.cuh). Two row blocks (FP8, 17-32 rows): a second scores warpgroup for rows 16-31
+// and O^T at N = 32 (small_config.h). docs/design.md, docs/perf-log.md v13-v17.
 #pragma once
 
 #include "fp8_record.cuh"
@@ -139,8 +140,8 @@ __device__ __forceinline__ void small_scores_16bit(SmallStorage& s, RingPos& pos
 // sec. 3.3.2), so chaining the leading term's 16 products and the small terms onto one
 // accumulator lost ~2^-9 of a score (a failed lse test). Here every term chains over one group
 // only (128 products, the interval that report uses), and the three are added in fp32.
-// With two row blocks the groups run in two passes of two: a scores warpgroup there has 128
-// registers, and four live 24-register accumulators would not fit beside the softmax state.
+// With two row blocks the groups run in two passes of two: a scores warpgroup there has 136
+// registers, and four live 24-register accumulators spilled 168 bytes (perf-log v17, X3).
 template <int kBlocks>
 __device__ __forceinline__ void small_scores_fp8(SmallStorage& s, int stage_index, int block,
                                                  const SmallFragment& f, const float (&unscale)[4],
@@ -381,7 +382,9 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
         if (f.warp == 0 && f.g == 0) s.alpha[buf][r0 + f.col(ci)] = alpha[ci];
       }
       if constexpr (kFp8) {
-        if (tid == 0 && block == 0) {  // block 1's bounds are the same
+        // Block 1 computes the same bounds: both blocks' votes hold the same per-token scale
+        // test, so both take the branch above whenever a bound grows.
+        if (tid == 0 && block == 0) {
 #pragma unroll
           for (int g = 0; g < 4; ++g) {
             s.gfac[buf][g] = gf[g];

@@ -646,7 +646,7 @@ TEST_F(GpuTest, GpuReferenceMatchesCpu) {
 // moves a score by up to 2^-8 * softmax_scale * sum_d |q_d k_d|, for unit-normal data ~1.5e-3
 // (std) and up to ~8e-3 (the largest of 5M samples), which for a sequence of one key is the
 // whole lse error. reads_exact_fp8 restates the launcher's choice (decode_launch.cuh,
-// use_small_kernel): change both together.
+// small_kernel_blocks): change both together.
 bool reads_exact_fp8(const Problem& h) {
   const char* env = std::getenv("FLASHMLA_SMALL_HEADS");
   const bool small_enabled = env == nullptr || std::string(env) != "0";
@@ -775,7 +775,7 @@ TEST_P(GpuFp8Case, MatchesGpuReference) { check_fp8_against_gpu_reference(GetPar
 
 // Page sizes 1 (cp.async gather), 16 (several TMA-sized pages per tile), 64, 256 (several
 // tiles per page) x h_q 16 / 128 x s_q 1 / 2, causal; lengths at page and tile boundaries.
-// Then two kv heads with padded records (672-byte stride) and padded q / out, and two more
+// Then two kv heads with padded records (672-byte stride) and padded q / out, and more
 // shapes for the small-head kernel.
 std::vector<NamedShape> fp8_cases() {
   std::vector<NamedShape> v;
