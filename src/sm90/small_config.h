@@ -35,10 +35,13 @@ static_assert(kSmallTmaRegs + kSmallIdleRegs + 2 * kSmallMathRegs <= 4 * 128,
               "setmaxnreg plan exceeds the 128 registers a thread the launch holds");
 // Two row blocks (FP8, 17-32 rows): warpgroup 1 is block 1's scores warpgroup, and the values
 // warpgroup's O^T (N = 32) holds 128 accumulator registers. The TMA thread's loop fits in the
-// minimum (24); at 128 a scores warpgroup spilled its per-piece state.
+// minimum (24). The values warpgroup needs 232: at 216 its double-buffered A fragments next to
+// the accumulators made ptxas serialize every wgmma of the kernel (C7512, 4-8% slower); the
+// scores warpgroups then have 128, where ptxas keeps a few values of per-piece state in local
+// memory (60 bytes; per tile two stores before S^T and their loads after, L1 hits; perf-log v18).
 constexpr int kSmall2TmaRegs = 24;
-constexpr int kSmall2ScoreRegs = 136;
-constexpr int kSmall2ValueRegs = 216;
+constexpr int kSmall2ScoreRegs = 128;
+constexpr int kSmall2ValueRegs = 232;
 static_assert(kSmall2TmaRegs + 2 * kSmall2ScoreRegs + kSmall2ValueRegs <= 4 * 128,
               "two-block setmaxnreg plan exceeds the 128 registers a thread the launch holds");
 constexpr int kSmallMathThreads = 128;  // one math warpgroup

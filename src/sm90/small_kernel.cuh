@@ -140,8 +140,9 @@ __device__ __forceinline__ void small_scores_16bit(SmallStorage& s, RingPos& pos
 // sec. 3.3.2), so chaining the leading term's 16 products and the small terms onto one
 // accumulator lost ~2^-9 of a score (a failed lse test). Here every term chains over one group
 // only (128 products, the interval that report uses), and the three are added in fp32.
-// With two row blocks the groups run in two passes of two: a scores warpgroup there has 136
-// registers, and four live 24-register accumulators spilled 168 bytes (perf-log v17, X3).
+// With two row blocks the groups run in two passes of two: a scores warpgroup there has 128
+// registers, and four live 24-register accumulators spilled 168 bytes even at 136 (perf-log
+// v17, X3).
 template <int kBlocks>
 __device__ __forceinline__ void small_scores_fp8(SmallStorage& s, int stage_index, int block,
                                                  const SmallFragment& f, const float (&unscale)[4],
