@@ -35,7 +35,7 @@ enum class MathBarrier : int {
   // The owner of a tile arrives, the other warpgroup waits; indexed by the tile's stage.
   kPTileReady = 7,       // P of the stage's tile is in its RoPE sub-tile, its max and alpha in
                          // row_max/alpha[stage] (ids 7, 8)
-  kFirstSDone = 11,      // warpgroup 0's S of the pair's first tile is complete (WG0 arrives)
+  kFirstSDone = 11,      // warpgroup 0's S of the pair's first tile is issued (WG0 arrives)
   // One warpgroup alone (128 threads): kTailZeroed + warpgroup.
   kTailZeroed = 9,       // the rows past the sequence end of its tile are zeroed (ids 9, 10)
 };

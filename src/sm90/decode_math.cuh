@@ -13,7 +13,8 @@
 //   WG0: S_a  softmax_a -> P_a  PV_a(0) [P_a regs]                       PV_b(0) [P_b smem]
 //   WG1:      S_b                 PV_a(1) [P_a smem]  softmax_b -> P_b   PV_b(1) [P_b regs]
 //
-// softmax_a runs under S_b (issued once S_a is done), softmax_b under the two PV_a.
+// softmax_a runs under S_b (issued once all of S_a is, so it queues behind S_a), softmax_b
+// under the two PV_a.
 // P of a tile goes into its stage's RoPE sub-tile (dead once that tile's S is done), so P is
 // double-buffered by the stage ring at no shared-memory cost; the owner keeps P in registers
 // as the A operand of its own PV. The running row max passes from one warpgroup to the other
@@ -225,9 +226,9 @@ __device__ __forceinline__ void math_pingpong(const MlaDecodeParams& p, SharedSt
       float alpha0, alpha1;
       if (wg == 0) {
         issue_s(sc, it, blk);
+        if (has_b) named_barrier_arrive(static_cast<int>(MathBarrier::kFirstSDone), kMathThreads);
         wgmma_wait<0>();
         fence_operands(sc);
-        if (has_b) named_barrier_arrive(static_cast<int>(MathBarrier::kFirstSDone), kMathThreads);
         softmax_own(sc, pa, sa, blk, alpha0, alpha1);
         rescale(alpha0, alpha1);
         pv_own(pa, sa);
@@ -243,9 +244,11 @@ __device__ __forceinline__ void math_pingpong(const MlaDecodeParams& p, SharedSt
         fence_operands(o);
         release(has_b ? sb : sa);
       } else {
-        // S_b is issued once S_a is done: issued together the two interleave on the tensor
-        // cores and delay S_a, and with it softmax_a; this way S_b runs under softmax_a (-2 to
-        // -3.5% at 128+ rows, docs/perf-log.md v12). S_b is waited for before O is rescaled
+        // S_b is issued once all of S_a is: issued together the two interleave on the tensor
+        // cores and delay S_a, and with it softmax_a; this way S_b queues behind S_a and runs
+        // under softmax_a (-2 to -3.5% at 128+ rows against interleaving, docs/perf-log.md v12;
+        // waiting for S_a's completion instead left a gap on the tensor cores, -1 to -2.6%
+        // more, v18). S_b is waited for before O is rescaled
         // for tile a: ptxas serializes every wgmma of the kernel (C7515) when O is written
         // while any wgmma is in flight, even one that does not touch O. PV_a queues behind S_b
         // on the tensor cores either way.
