@@ -326,7 +326,9 @@ std::string describe(const Shape& s, int parts) {
 }
 
 // Decodes one problem with the natural parts count and with a few forced ones (1 = no
-// splitting beyond necessity, 7 = few long splits), each against the same CPU reference.
+// splitting beyond necessity, 7 = few long splits, one more part than SMs = a second wave of
+// CTAs), each against the same CPU reference. With the natural count the decode runs a second
+// time on the same metadata, as every layer of a decode step does.
 void check_against_cpu(const Shape& sh) {
   const Problem h(sh);
   Result ref;
@@ -335,10 +337,18 @@ void check_against_cpu(const Shape& sh) {
   cudaStream_t stream;
   ck(cudaStreamCreate(&stream), "cudaStreamCreate");
   const int natural = flashmla::num_sm_parts(device_sms(), h.rows(), sh.h_kv);
-  for (int parts : {natural, 1, 7}) {
+  for (int parts : {natural, 1, 7, device_sms() + 1}) {
     Schedule sch(h, parts);
     run_decode(d, sch, h, stream);
     expect_close(ref, fetch(h, d), sh, describe(sh, parts));
+    if (parts != natural) continue;
+    d.out.poison(stream);
+    d.lse.poison(stream);
+    sch.o_accum.poison(stream);
+    sch.lse_accum.poison(stream);
+    flashmla::mla_decode(d.p, stream);
+    ck(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    expect_close(ref, fetch(h, d), sh, "second call on the same metadata, " + describe(sh, parts));
   }
   ck(cudaStreamDestroy(stream), "cudaStreamDestroy");
 }
@@ -741,7 +751,7 @@ void check_fp8_against_gpu_reference(const Shape& sh) {
   for (float x : rounded.out) ASSERT_FALSE(std::isnan(x)) << "NaN in the GPU reference on the bf16-rounded cache";
 
   const int natural = flashmla::num_sm_parts(device_sms(), h.rows(), sh.h_kv);
-  for (int parts : {natural, 1, 7}) {
+  for (int parts : {natural, 1, 7, device_sms() + 1}) {
     Schedule sch(h, parts);
     run_decode(d, sch, h, stream);
     const Result got = fetch(h, d);
