@@ -2,12 +2,13 @@
 // n >= 2 pieces, weighting each piece by its softmax denominator (its LSE). Also writes the
 // empty-row result (out = 0, lse = +inf) for sequences with no piece at all (n == 0).
 //
-// Two grids, chosen from shapes alone (the same under graph capture):
-// - sequences split many ways (num_sm_parts >= 8 * batch, e.g. b = 1): one CTA per (sequence,
-//   row, quarter of the 512 columns); lane l of each of the 8 warps owns columns 4l .. 4l+3 of
-//   the CTA's 128 and warp w takes the partials w, w + 8, ..., 16 loads in flight, the warps'
-//   sums added through shared memory: a row split 66 ways is one round of loads per thread.
-// - otherwise (few splits per row): a warp per row, 8 rows per CTA (combine_rows_kernel).
+// One CTA per (sequence, kv head, query row), and per quarter of the 512 output columns when
+// the sequences are split many ways (num_sm_parts >= 8 * batch): then lane l of each warp owns
+// columns 4l .. 4l+3 of the CTA's 128 and warp w takes the partials w, w + 4, ..., their sums
+// added through shared memory, so a row split n ways costs n / 32 rounds of 8 overlapped
+// float4 loads per thread instead of n / 8 (b=1, s_k=8k: 20.4 -> 15.0 us per call). Otherwise
+// warp w owns columns 128 w .. and every thread reads every partial (4x fewer CTAs, each
+// redoing the LSE reductions, is cheaper when each row has only a few partials).
 #include "element.cuh"
 
 #include <cmath>
@@ -18,7 +19,7 @@
 namespace flashmla::detail {
 namespace {
 
-constexpr int kThreads = 256;  // the many-splits kernel
+constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kColsPerThread = 4;
 constexpr int kColsPerWarp = 32 * kColsPerThread;
@@ -45,8 +46,12 @@ __device__ float block_reduce(float v, float* scratch, Op op) {
   return v;
 }
 
-template <typename T>
+// kChunks = 4: a CTA covers 128 columns, its warps split the partials (rows split many ways);
+// kChunks = 1: a CTA covers all 512, warp w columns 128 w .. (many rows, few splits each,
+// where 4x the CTAs, each redoing the LSE reductions, cost more than the shorter chains).
+template <typename T, int kChunks>
 __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams p) {
+  constexpr int kPartialWarps = kChunks == 1 ? 1 : kWarps;  // warps sharing one column set
   __shared__ float s_scratch[kWarps];
   __shared__ float s_weight[kMaxStagedSplits];
   __shared__ float4 s_sum[kWarps - 1][32];
@@ -60,7 +65,8 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
   const int s = r / h_per;
   const int h = g * h_per + r % h_per;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int col = blockIdx.z * kColsPerWarp + kColsPerThread * lane;
+  const int col = (kChunks == 1 ? warp : blockIdx.z) * kColsPerWarp + kColsPerThread * lane;
+  const int part_warp = kChunks == 1 ? 0 : warp;  // this warp's first partial
 
   const int first = p.num_splits[b];
   const int n = p.num_splits[b + 1] - first;
@@ -96,10 +102,11 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
         s_weight[i] = exp2f(lse2[(base + i) * split_stride] - total);
       }
       __syncthreads();
-      // Up to 16 of a warp's partials are loaded before any is used, so their L2 round trips
-      // overlap: with a branch before each use-and-load, every split cost a full round trip,
-      // which dominated small batches split many ways. A piece that saw no key (weight 0) may
-      // hold garbage or NaN, and the select (not a multiply: 0 * NaN = NaN) keeps it out.
+      // Eight partials are loaded before any is used, so eight L2 round trips overlap: with a
+      // branch before each load, every split cost a full round trip, which dominated small
+      // batches split many ways. The workspace is always valid memory, so the loads are
+      // unconditional; a piece that saw no key (weight 0) may hold garbage or NaN, and the
+      // select (not a multiply: 0 * NaN = NaN) keeps it out of the sum.
       auto accumulate = [&](float w, const float4& o) {
         const float4 r = make_float4(fmaf(w, o.x, result[0]), fmaf(w, o.y, result[1]),
                                      fmaf(w, o.z, result[2]), fmaf(w, o.w, result[3]));
@@ -112,25 +119,24 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
       auto partial = [&](int i) {
         return *reinterpret_cast<const float4*>(o_part + (base + i) * split_stride * kHeadDimV);
       };
-      constexpr int kInFlight = 16;
-      for (int i = warp; i < count; i += kInFlight * kWarps) {
+      constexpr int kInFlight = 8;
+      constexpr int kStep = kPartialWarps;
+      int i = part_warp;
+      for (; i + (kInFlight - 1) * kStep < count; i += kInFlight * kStep) {
         float4 o[kInFlight];
 #pragma unroll
-        for (int k = 0; k < kInFlight; ++k) {
-          o[k] = i + k * kWarps < count ? partial(i + k * kWarps) : make_float4(0.f, 0.f, 0.f, 0.f);
-        }
+        for (int k = 0; k < kInFlight; ++k) o[k] = partial(i + k * kStep);
 #pragma unroll
-        for (int k = 0; k < kInFlight; ++k) {
-          if (i + k * kWarps < count) accumulate(s_weight[i + k * kWarps], o[k]);
-        }
+        for (int k = 0; k < kInFlight; ++k) accumulate(s_weight[i + k * kStep], o[k]);
       }
+      for (; i < count; i += kStep) accumulate(s_weight[i], partial(i));
       __syncthreads();  // s_weight is overwritten by the next chunk
     }
-    if (warp > 0) {
+    if (kChunks > 1 && warp > 0) {
       s_sum[warp - 1][lane] = make_float4(result[0], result[1], result[2], result[3]);
     }
     __syncthreads();
-    if (warp == 0) {
+    if (kChunks > 1 && warp == 0) {
       for (int w = 0; w < kWarps - 1; ++w) {
         const float4 v = s_sum[w][lane];
         result[0] += v.x;
@@ -142,98 +148,10 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
     lse_out = total * kLn2;
   }
 
-  if (warp != 0) return;
+  if (kChunks > 1 && warp != 0) return;
   // Scalar stores: they assume nothing about the alignment of the out strides.
   for (int c = 0; c < kColsPerThread; ++c) out[c] = ElementOps<T>::from_float(result[c]);
   if (threadIdx.x == 0 && blockIdx.z == 0) *lse = lse_out;
-}
-
-// Few splits per row (the usual case): a warp per row, 8 rows per CTA, each lane 16 of the
-// row's 512 columns (4 float4 at 128-column steps). Rows of a sequence with one piece (or
-// none) cost their CTA only the num_splits read; with a CTA per row as above, batches of many
-// short sequences launched tens of thousands of CTAs that mostly exit at once (b=256, h_q=64:
-// 16384 CTAs), which took longer than the merging. A warp reduces its row's LSEs with shuffles,
-// so no block barrier is needed.
-constexpr int kRowsPerCta = 8;
-constexpr int kRowThreads = 32 * kRowsPerCta;
-constexpr int kRowStagedSplits = 128;  // weights per warp staged in shared memory per pass
-
-template <typename T>
-__global__ void __launch_bounds__(kRowThreads) combine_rows_kernel(const MlaDecodeParams p) {
-  __shared__ float s_weight[kRowsPerCta][kRowStagedSplits];
-  const int b = blockIdx.x;
-  const int first = p.num_splits[b];
-  const int n = p.num_splits[b + 1] - first;
-  if (n == 1) return;  // the decode kernel wrote out and lse itself
-  const int h_per = p.num_heads_q / p.num_heads_kv;
-  const int rows = p.seqlen_q * h_per;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int row = blockIdx.y * kRowsPerCta + warp;  // g * rows + r
-  if (row >= p.num_heads_kv * rows) return;
-  const int g = row / rows, r = row % rows;
-  const int s = r / h_per, h = g * h_per + r % h_per;
-  T* out = static_cast<T*>(p.out) + b * p.o_batch_stride + s * p.o_seq_stride + h * p.o_head_stride;
-  float* lse = p.lse + (static_cast<int64_t>(b) * p.num_heads_q + h) * p.seqlen_q + s;
-  const int64_t split_stride = static_cast<int64_t>(p.num_heads_kv) * rows;
-  const float* lse2 = p.lse_accum + first * split_stride + row;
-  const float* o_part = p.o_accum + (first * split_stride + row) * kHeadDimV + 4 * lane;
-
-  float m = -INFINITY;
-  for (int i = lane; i < n; i += 32) m = fmaxf(m, lse2[i * split_stride]);
-  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-  float4 acc[4];
-  for (int k = 0; k < 4; ++k) acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
-  float lse_out = INFINITY;
-  if (m != -INFINITY) {  // warp-uniform
-    float sum = 0.f;
-    for (int i = lane; i < n; i += 32) sum += exp2f(lse2[i * split_stride] - m);
-    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    const float total = m + log2f(sum);  // w_i = exp2(lse2_i - total), as in combine_kernel
-    float* w = s_weight[warp];
-    for (int base = 0; base < n; base += kRowStagedSplits) {
-      const int count = min(n - base, kRowStagedSplits);
-      __syncwarp();
-      for (int i = lane; i < count; i += 32) w[i] = exp2f(lse2[(base + i) * split_stride] - total);
-      __syncwarp();
-      // Two partials (8 float4 loads) in flight per step; weight 0 may hold garbage: select.
-      auto add = [](float4& a, float wi, const float4& v) {
-        if (wi != 0.f) {
-          a.x = fmaf(wi, v.x, a.x);
-          a.y = fmaf(wi, v.y, a.y);
-          a.z = fmaf(wi, v.z, a.z);
-          a.w = fmaf(wi, v.w, a.w);
-        }
-      };
-      auto load = [&](int i, int k) {
-        return *reinterpret_cast<const float4*>(o_part + (base + i) * split_stride * kHeadDimV + 128 * k);
-      };
-      int i = 0;
-      for (; i + 1 < count; i += 2) {
-        float4 v[2][4];
-#pragma unroll
-        for (int q = 0; q < 2; ++q)
-#pragma unroll
-          for (int k = 0; k < 4; ++k) v[q][k] = load(i + q, k);
-#pragma unroll
-        for (int q = 0; q < 2; ++q)
-#pragma unroll
-          for (int k = 0; k < 4; ++k) add(acc[k], w[i + q], v[q][k]);
-      }
-      if (i < count) {
-#pragma unroll
-        for (int k = 0; k < 4; ++k) add(acc[k], w[i], load(i, k));
-      }
-    }
-    lse_out = total * kLn2;
-  }
-  for (int k = 0; k < 4; ++k) {
-    T* o = out + 128 * k + 4 * lane;  // scalar stores: no alignment assumed of the out strides
-    o[0] = ElementOps<T>::from_float(acc[k].x);
-    o[1] = ElementOps<T>::from_float(acc[k].y);
-    o[2] = ElementOps<T>::from_float(acc[k].z);
-    o[3] = ElementOps<T>::from_float(acc[k].w);
-  }
-  if (lane == 0) *lse = lse_out;
 }
 
 }  // namespace
@@ -248,16 +166,14 @@ void launch_combine(const MlaDecodeParams& p, cudaStream_t stream) {
   // Sequences get about num_sm_parts / batch pieces each (decided from shapes alone, so the
   // choice is the same under graph capture): split the columns when that is many.
   const bool many_splits = p.num_sm_parts >= 8 * p.batch;
+  const int chunks = many_splits ? kHeadDimV / kColsPerWarp : 1;
+  const dim3 grid(static_cast<unsigned>(p.batch), static_cast<unsigned>(rows_all), chunks);
   dispatch_element(p.dtype, [&](auto element) {
     using T = decltype(element);
     if (many_splits) {
-      const dim3 grid(static_cast<unsigned>(p.batch), static_cast<unsigned>(rows_all),
-                      kHeadDimV / kColsPerWarp);
-      combine_kernel<T><<<grid, kThreads, 0, stream>>>(p);
+      combine_kernel<T, kHeadDimV / kColsPerWarp><<<grid, kThreads, 0, stream>>>(p);
     } else {
-      const dim3 grid(static_cast<unsigned>(p.batch),
-                      static_cast<unsigned>((rows_all + kRowsPerCta - 1) / kRowsPerCta));
-      combine_rows_kernel<T><<<grid, kRowThreads, 0, stream>>>(p);
+      combine_kernel<T, 1><<<grid, kThreads, 0, stream>>>(p);
     }
   });
   check_cuda(cudaGetLastError(), "combine_kernel launch");
