@@ -2,13 +2,15 @@
 // n >= 2 pieces, weighting each piece by its softmax denominator (its LSE). Also writes the
 // empty-row result (out = 0, lse = +inf) for sequences with no piece at all (n == 0).
 //
-// One CTA per (sequence, kv head, query row), and per quarter of the 512 output columns when
-// the sequences are split many ways (num_sm_parts >= 8 * batch): then lane l of each warp owns
-// columns 4l .. 4l+3 of the CTA's 128 and warp w takes the partials w, w + 4, ..., their sums
-// added through shared memory, so a row split n ways costs n / 32 rounds of 8 overlapped
-// float4 loads per thread instead of n / 8 (b=1, s_k=8k: 20.4 -> 15.0 us per call). Otherwise
-// warp w owns columns 128 w .. and every thread reads every partial (4x fewer CTAs, each
-// redoing the LSE reductions, is cheaper when each row has only a few partials).
+// One CTA per (sequence, kv head, query row) and per chunk of the 512 output columns: 4 chunks
+// when the sequences are split many ways (num_sm_parts >= 8 * batch), 16 when very many
+// (>= 128 * batch, i.e. b = 1), else 1. With kChunks chunks the CTA's 128 threads form
+// kChunks groups, each covering the CTA's columns 4 per thread, group j taking the partials
+// j, j + kChunks, ..., their sums added through shared memory: a row split n ways costs
+// n / (8 kChunks) rounds of 8 overlapped float4 loads per thread instead of n / 8 (b=1,
+// s_k=8k: 20.4 -> 15.0 us per call at 4 chunks, 13.0 -> 12.4 at 16, docs/perf-log.md).
+// One chunk is cheaper when each row has only a few partials (more CTAs,
+// each redoing the LSE reductions, cost more than the shorter chains).
 #include "element.cuh"
 
 #include <cmath>
@@ -22,7 +24,6 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kColsPerThread = 4;
-constexpr int kColsPerWarp = 32 * kColsPerThread;
 constexpr int kMaxStagedSplits = 256;  // partial weights staged in shared memory per pass
 constexpr float kLn2 = 0.69314718055994530942f;
 
@@ -46,15 +47,16 @@ __device__ float block_reduce(float v, float* scratch, Op op) {
   return v;
 }
 
-// kChunks = 4: a CTA covers 128 columns, its warps split the partials (rows split many ways);
-// kChunks = 1: a CTA covers all 512, warp w columns 128 w .. (many rows, few splits each,
-// where 4x the CTAs, each redoing the LSE reductions, cost more than the shorter chains).
 template <typename T, int kChunks>
 __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams p) {
-  constexpr int kPartialWarps = kChunks == 1 ? 1 : kWarps;  // warps sharing one column set
+  // The CTA's threads form kChunks groups of kGroupThreads, each group covering the CTA's
+  // columns, group j taking the partials j, j + kChunks, ...
+  constexpr int kGroupThreads = kThreads / kChunks;
+  constexpr int kCtaCols = kHeadDimV / kChunks;
+  static_assert(kGroupThreads * kColsPerThread == kCtaCols, "columns per CTA");
   __shared__ float s_scratch[kWarps];
   __shared__ float s_weight[kMaxStagedSplits];
-  __shared__ float4 s_sum[kWarps - 1][32];
+  __shared__ float4 s_sum[kChunks > 1 ? kChunks - 1 : 1][kGroupThreads];
 
   const int b = blockIdx.x;
   const int h_per = p.num_heads_q / p.num_heads_kv;
@@ -64,9 +66,8 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
   const int r = row % rows;
   const int s = r / h_per;
   const int h = g * h_per + r % h_per;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int col = (kChunks == 1 ? warp : blockIdx.z) * kColsPerWarp + kColsPerThread * lane;
-  const int part_warp = kChunks == 1 ? 0 : warp;  // this warp's first partial
+  const int group = threadIdx.x / kGroupThreads, member = threadIdx.x % kGroupThreads;
+  const int col = blockIdx.z * kCtaCols + kColsPerThread * member;
 
   const int first = p.num_splits[b];
   const int n = p.num_splits[b + 1] - first;
@@ -82,15 +83,33 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
   const float* o_part = p.o_accum + (first * split_stride + row) * kHeadDimV + col;
 
   // Largest partial LSE (log2 domain); -inf when no piece saw a key, or when n == 0.
+  // The LSEs of the first kMaxStagedSplits partials are read once, into registers: the max,
+  // the sum and the weights each reading them again cost two more dependent L2 round trips
+  // (b=16 a quarter empty: 37.0 -> 35.8 us, docs/perf-log.md session 11).
+  constexpr int kCached = kMaxStagedSplits / kThreads;
+  float lc[kCached];
+#pragma unroll
+  for (int c = 0; c < kCached; ++c) {
+    const int i = threadIdx.x + c * kThreads;
+    lc[c] = i < n ? lse2[i * split_stride] : -INFINITY;
+  }
   float m = -INFINITY;
-  for (int i = threadIdx.x; i < n; i += kThreads) m = fmaxf(m, lse2[i * split_stride]);
+#pragma unroll
+  for (int c = 0; c < kCached; ++c) m = fmaxf(m, lc[c]);
+  for (int i = threadIdx.x + kMaxStagedSplits; i < n; i += kThreads) {
+    m = fmaxf(m, lse2[i * split_stride]);
+  }
   m = block_reduce(m, s_scratch, MaxOp());
 
   float result[kColsPerThread] = {0.f, 0.f, 0.f, 0.f};
   float lse_out = INFINITY;
   if (m != -INFINITY) {  // block-uniform, so the barriers below are reached by all threads
     float sum = 0.f;
-    for (int i = threadIdx.x; i < n; i += kThreads) sum += exp2f(lse2[i * split_stride] - m);
+#pragma unroll
+    for (int c = 0; c < kCached; ++c) sum += exp2f(lc[c] - m);  // exp2(-inf) = 0 past n
+    for (int i = threadIdx.x + kMaxStagedSplits; i < n; i += kThreads) {
+      sum += exp2f(lse2[i * split_stride] - m);
+    }
     sum = block_reduce(sum, s_scratch, SumOp());
     // Row LSE in the log2 domain; w_i = exp2(lse2_i - m) / sum = exp2(lse2_i - total). Folding
     // the 1/sum into the exponent avoids a division (whose slow path costs a call and a spill).
@@ -98,8 +117,16 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
 
     for (int base = 0; base < n; base += kMaxStagedSplits) {
       const int count = min(n - base, kMaxStagedSplits);
-      for (int i = threadIdx.x; i < count; i += kThreads) {
-        s_weight[i] = exp2f(lse2[(base + i) * split_stride] - total);
+      if (base == 0) {
+#pragma unroll
+        for (int c = 0; c < kCached; ++c) {
+          const int i = threadIdx.x + c * kThreads;
+          if (i < count) s_weight[i] = exp2f(lc[c] - total);
+        }
+      } else {
+        for (int i = threadIdx.x; i < count; i += kThreads) {
+          s_weight[i] = exp2f(lse2[(base + i) * split_stride] - total);
+        }
       }
       __syncthreads();
       // Eight partials are loaded before any is used, so eight L2 round trips overlap: with a
@@ -120,8 +147,8 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
         return *reinterpret_cast<const float4*>(o_part + (base + i) * split_stride * kHeadDimV);
       };
       constexpr int kInFlight = 8;
-      constexpr int kStep = kPartialWarps;
-      int i = part_warp;
+      constexpr int kStep = kChunks;
+      int i = group;
       for (; i + (kInFlight - 1) * kStep < count; i += kInFlight * kStep) {
         float4 o[kInFlight];
 #pragma unroll
@@ -132,13 +159,13 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
       for (; i < count; i += kStep) accumulate(s_weight[i], partial(i));
       __syncthreads();  // s_weight is overwritten by the next chunk
     }
-    if (kChunks > 1 && warp > 0) {
-      s_sum[warp - 1][lane] = make_float4(result[0], result[1], result[2], result[3]);
+    if (kChunks > 1 && group > 0) {
+      s_sum[group - 1][member] = make_float4(result[0], result[1], result[2], result[3]);
     }
     __syncthreads();
-    if (kChunks > 1 && warp == 0) {
-      for (int w = 0; w < kWarps - 1; ++w) {
-        const float4 v = s_sum[w][lane];
+    if (kChunks > 1 && group == 0) {
+      for (int w = 0; w < kChunks - 1; ++w) {
+        const float4 v = s_sum[w][member];
         result[0] += v.x;
         result[1] += v.y;
         result[2] += v.z;
@@ -148,7 +175,7 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
     lse_out = total * kLn2;
   }
 
-  if (kChunks > 1 && warp != 0) return;
+  if (group != 0) return;
   // Scalar stores: they assume nothing about the alignment of the out strides.
   for (int c = 0; c < kColsPerThread; ++c) out[c] = ElementOps<T>::from_float(result[c]);
   if (threadIdx.x == 0 && blockIdx.z == 0) *lse = lse_out;
@@ -165,13 +192,14 @@ void launch_combine(const MlaDecodeParams& p, cudaStream_t stream) {
   }
   // Sequences get about num_sm_parts / batch pieces each (decided from shapes alone, so the
   // choice is the same under graph capture): split the columns when that is many.
-  const bool many_splits = p.num_sm_parts >= 8 * p.batch;
-  const int chunks = many_splits ? kHeadDimV / kColsPerWarp : 1;
+  const int chunks = p.num_sm_parts >= 128 * p.batch ? 16 : p.num_sm_parts >= 8 * p.batch ? 4 : 1;
   const dim3 grid(static_cast<unsigned>(p.batch), static_cast<unsigned>(rows_all), chunks);
   dispatch_element(p.dtype, [&](auto element) {
     using T = decltype(element);
-    if (many_splits) {
-      combine_kernel<T, kHeadDimV / kColsPerWarp><<<grid, kThreads, 0, stream>>>(p);
+    if (chunks == 16) {
+      combine_kernel<T, 16><<<grid, kThreads, 0, stream>>>(p);
+    } else if (chunks == 4) {
+      combine_kernel<T, 4><<<grid, kThreads, 0, stream>>>(p);
     } else {
       combine_kernel<T, 1><<<grid, kThreads, 0, stream>>>(p);
     }

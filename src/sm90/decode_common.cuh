@@ -33,6 +33,14 @@ __device__ __forceinline__ uint32_t swizzled_offset(int row, int col) {
   return row * 128 + ((((col * 2) >> 4) ^ (row & 7)) << 4) + ((col * 2) & 15);
 }
 
+// Offset of token `tok`'s record for kv head `kv_head` in the cache, in the strides' unit
+// (elements for 16-bit caches, bytes for FP8 records), given the page that holds it.
+__device__ __forceinline__ int64_t kv_record_offset(const MlaDecodeParams& p, int page, int tok, int kv_head) {
+  return static_cast<int64_t>(page) * p.k_block_stride +
+         static_cast<int64_t>(tok & (p.page_block_size - 1)) * p.k_row_stride +
+         static_cast<int64_t>(kv_head) * p.k_head_stride;
+}
+
 // Iterates the (sequence, block range) pieces of one scheduler part, in order. The producer
 // and both math warpgroups run the same walk, so they agree on every tile without talking.
 struct PartWalk {
@@ -111,29 +119,41 @@ constexpr int kProducerWarps = 4;
 // nine 128B-swizzled sub-tiles of kRows x 64 (K-major), rows past the end zero-padded. Both
 // kernels use it (wide: 64 rows, small-head: 16). cp.async keeps all of a thread's loads in
 // flight at once: a load-then-store loop waited for each 16 bytes in turn (a few microseconds
-// per sequence piece, visible in ncu as L1TEX stalls). Waits for its copies; the caller fences
-// before its Q-ready barrier.
+// per sequence piece, visible in ncu as L1TEX stalls). The caller waits for the copies
+// (cp_async_wait_all) and fences before its Q-ready barrier.
 template <int kRows, int kThreads>
 __device__ __forceinline__ void load_q(const MlaDecodeParams& p, uint16_t* sq, int i, int kv_head,
                                        int row0, int tid) {
+  // kPerRow threads per row, each with a fixed row: its source address and head are computed
+  // once, not per chunk (two runtime divisions and three 64-bit strides per chunk made the
+  // wide kernel's Q ready 5.4 us after entry at b=1, docs/perf-log.md session 12).
+  constexpr int kPerRow = kThreads / kRows;
+  constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
+  static_assert(kThreads % kRows == 0 && kChunksPerRow % kPerRow == 0, "Q chunks per thread");
   const int heads_per_kv = p.num_heads_q / p.num_heads_kv;
   const int rows = p.seqlen_q * heads_per_kv;
-  const auto* q = static_cast<const uint16_t*>(p.q);  // moved as raw 16-byte chunks
-  constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
-  for (int c = tid; c < kRows * kChunksPerRow; c += kThreads) {
-    const int row = c / kChunksPerRow, chunk = c % kChunksPerRow;
-    const int r = row0 + row;
-    char* dst = reinterpret_cast<char*>(sq + (chunk / 8) * kRows * kSubCols) +
-                swizzled_offset(row, (chunk % 8) * 8);
-    if (r < rows) {
-      const int s_q = r / heads_per_kv, h = kv_head * heads_per_kv + r % heads_per_kv;
-      cp_async_16(dst, q + i * p.q_batch_stride + s_q * p.q_seq_stride + h * p.q_head_stride +
-                           chunk * 8);
-    } else {
-      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
-    }
+  const int row = tid / kPerRow, first = tid % kPerRow;
+  const int r = row0 + row;
+  // A thread's chunks first + k kPerRow fall in sub-tile k / kPhases at one of kPhases swizzled
+  // 16-byte columns, so every copy is a base plus an immediate offset.
+  constexpr int kPhases = 8 / kPerRow;
+  static_assert(8 % kPerRow == 0, "a row's eight 16-byte columns per sub-tile");
+  char* base[kPhases];
+#pragma unroll
+  for (int ph = 0; ph < kPhases; ++ph)
+    base[ph] = reinterpret_cast<char*>(sq) + swizzled_offset(row, (first + ph * kPerRow) * 8);
+  auto chunk_dst = [&](int k) { return base[k % kPhases] + (k / kPhases) * (kRows * 128); };
+  if (r < rows) {
+    const int s_q = r / heads_per_kv, h = kv_head * heads_per_kv + r % heads_per_kv;
+    const auto* src = static_cast<const uint16_t*>(p.q) + i * p.q_batch_stride + s_q * p.q_seq_stride +
+                      h * p.q_head_stride + first * 8;  // moved as raw 16-byte chunks
+#pragma unroll
+    for (int k = 0; k < kChunksPerRow / kPerRow; ++k) cp_async_16(chunk_dst(k), src + k * kPerRow * 8);
+  } else {
+#pragma unroll
+    for (int k = 0; k < kChunksPerRow / kPerRow; ++k)
+      *reinterpret_cast<uint4*>(chunk_dst(k)) = make_uint4(0, 0, 0, 0);
   }
-  cp_async_wait_all();
 }
 
 // The TMA boxes of a tile's live tokens (1 for pages >= 64 tokens, up to 4 for 16-token pages)

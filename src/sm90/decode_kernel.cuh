@@ -47,8 +47,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       producer_fp8(p, maps, s, walk, kv_head, threadIdx.x);
     } else if (p.page_block_size < kMinTmaPage) {
       producer_gather(p, s, walk, kv_head, threadIdx.x);
+    } else if (p.page_block_size < kBlockN) {
+      if (threadIdx.x % 32 < kBlockN / p.page_block_size)
+        producer_tma<true>(p, &maps.kv, s, walk, kv_head, threadIdx.x / 32, threadIdx.x % 32);
     } else if (threadIdx.x % 32 == 0) {
-      producer_tma(p, &maps.kv, s, walk, kv_head, threadIdx.x / 32);
+      producer_tma<false>(p, &maps.kv, s, walk, kv_head, threadIdx.x / 32, 0);
     }
   } else {
     setmaxnreg_inc<kMathRegs>();

@@ -95,7 +95,8 @@ sm90::KvMaps make_kv_maps(const MlaDecodeParams& p) {
   return maps;
 }
 
-// Row blocks of 16 the small-head kernel takes on pages of >= 16 tokens: 16-bit caches up to
+// Row blocks of 16 the small-head kernel takes (16-bit caches: any page size, TMA from 16
+// tokens up and a cp.async gather below; FP8: pages of >= 16 tokens): 16-bit caches up to
 // 16 query rows per kv head, FP8 caches up to 32 (two blocks; above that, and for 16-bit caches
 // above 16 rows, the wide kernel is at the memory floor or compute-bound). 0: the wide kernel.
 // FLASHMLA_SMALL_HEADS=0 forces the wide kernel (A/B measurements).
@@ -105,22 +106,24 @@ inline int small_kernel_blocks(const MlaDecodeParams& p) {
     return e == nullptr || std::string(e) != "0";
   }();
   const int rows = p.seqlen_q * (p.num_heads_q / p.num_heads_kv);
-  if (!enabled || p.page_block_size < sm90::kMinTmaPage) return 0;
+  const bool fp8 = p.kv_format == KvFormat::kFP8WithScale;
+  // 16-bit caches: TMA boxes for pages >= 16 tokens, a cp.async gather below; FP8: TMA only.
+  if (!enabled || (fp8 && p.page_block_size < sm90::kMinTmaPage)) return 0;
   if (rows <= sm90::kSmallRows) return 1;
-  if (p.kv_format == KvFormat::kFP8WithScale && rows <= sm90::kSmallMaxRows) return 2;
+  if (fp8 && rows <= sm90::kSmallMaxRows) return 2;
   return 0;
 }
 
-template <typename T, bool kFp8, int kBlocks>
+template <typename T, bool kFp8, int kBlocks, bool kGather = false>
 void launch_small(const MlaDecodeParams& p, const sm90::KvMaps& maps, cudaStream_t stream) {
   static std::once_flag once;
   std::call_once(once, [] {
-    check_cuda(cudaFuncSetAttribute(sm90::mla_decode_small_kernel<T, kFp8, kBlocks>,
+    check_cuda(cudaFuncSetAttribute(sm90::mla_decode_small_kernel<T, kFp8, kBlocks, kGather>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, sm90::kSmallSmemBytes),
                "cudaFuncSetAttribute(mla_decode_small_kernel)");
   });
   const dim3 grid(p.num_sm_parts, p.num_heads_kv, 1);
-  sm90::mla_decode_small_kernel<T, kFp8, kBlocks>
+  sm90::mla_decode_small_kernel<T, kFp8, kBlocks, kGather>
       <<<grid, sm90::kSmallThreads, sm90::kSmallSmemBytes, stream>>>(p, maps);
   check_cuda(cudaGetLastError(), "mla_decode_small_kernel launch");
 }
@@ -142,7 +145,11 @@ void launch_decode(const MlaDecodeParams& p, cudaStream_t stream) {
         return;
       }
     }
-    decode_launch::launch_small<T, false, 1>(p, maps, stream);
+    if (p.page_block_size < sm90::kMinTmaPage) {
+      decode_launch::launch_small<T, false, 1, true>(p, maps, stream);
+    } else {
+      decode_launch::launch_small<T, false, 1, false>(p, maps, stream);
+    }
     return;
   }
   static std::once_flag attr_once;

@@ -10,17 +10,19 @@
 
 namespace flashmla::sm90 {
 
-// Lane 0 of each producer warp: the TMA boxes of every page that holds a live token of the
+// Lanes of each producer warp: the TMA boxes of every page that holds a live token of the
 // tile, per sub-tile, each sub-tile completing on its own full[stage][t] (so S can start on
 // the first sub-tiles). Warps 0, 1 refill sub-tiles 0..3 as soon as math warpgroup 0 has
 // released them, warps 2, 3 sub-tiles 4..7 after warpgroup 1, and warp 3 the RoPE sub-tile
 // after both: in the ping-pong math the two warpgroups finish a stage at different times.
 // One thread issuing all 36 boxes of a 16-token-page tile put ~0.7 us of issue latency on
-// every refill (docs/perf-log.md v8). Pages past the sequence end are not read at all (their
+// every refill (docs/perf-log.md v8); a lane per box of a sub-tile took another 10-13% off
+// pages of 16 (session 11). Pages past the sequence end are not read at all (their
 // table entries may be garbage); their rows are zeroed by the math like any row past the end.
+template <bool kLanePerBox>
 __device__ __forceinline__ void producer_tma(const MlaDecodeParams& p, const CUtensorMap* kv_map,
                                              SharedStorage& s, const PartWalk& walk, int kv_head,
-                                             int warp) {
+                                             int warp, int lane) {
   const int page_shift = log2_pow2(p.page_block_size);
   const int box_shift = min(page_shift, log2_pow2(kBlockN));  // box rows: min(page, 64)
   const int box_rows = 1 << box_shift;
@@ -31,10 +33,13 @@ __device__ __forceinline__ void producer_tma(const MlaDecodeParams& p, const CUt
     const TilePages pages(p, tile, box_shift, page_shift);  // before the stage wait
     // After the waits only shifts and masks: the refill is on the critical path of CTAs with
     // many tiles, and a runtime divisor here cost up to 20% at h_q = 128 (docs/perf-log.md v8).
+    // kLanePerBox (pages of 16, 32 tokens: 4 or 2 boxes per sub-tile): lane b issues box b.
+    // A box may complete before lane 0's expect_tx: the phase cannot, since that expect_tx
+    // is the barrier's only arrival. Larger pages: lane 0 alone, one box per sub-tile.
     auto issue = [&](int t) {
-      mbar_expect_tx(&s.full[stage][t], pages.boxes * box_rows * 128);
-#pragma unroll 1
-      for (int b = 0; b < pages.boxes; ++b) {
+      if (lane == 0) mbar_expect_tx(&s.full[stage][t], pages.boxes * box_rows * 128);
+      if (kLanePerBox ? lane < pages.boxes : true) {
+        const int b = kLanePerBox ? lane : 0;
         const int tok = tile.blk * kBlockN + b * box_rows;
         tma_load_4d(s.kv[stage][t] + b * box_rows * kSubCols, kv_map, &s.full[stage][t],
                     t * kSubCols, tok & (p.page_block_size - 1), kv_head, pages.of(b));
@@ -77,12 +82,10 @@ __device__ __forceinline__ void producer_gather(const MlaDecodeParams& p, Shared
       const int tok = tile.blk * kBlockN + row;
       const int page = __shfl_sync(0xffffffff, my_page, j);
       if (tok >= seqlen) break;  // rows only grow with j
-      const uint16_t* src = k_cache + static_cast<int64_t>(page) * p.k_block_stride +
-                            static_cast<int64_t>(tok & (p.page_block_size - 1)) * p.k_row_stride +
-                            static_cast<int64_t>(kv_head) * p.k_head_stride;
+      const uint16_t* src = k_cache + kv_record_offset(p, page, tok, kv_head);
       for (int c = lane; c < kChunksPerRow; c += 32) {
         char* sub = reinterpret_cast<char*>(s.kv[stage][c / 8]);
-        cp_async_16(sub + row * 128 + (((c % 8) ^ (row & 7)) << 4), src + c * 8);
+        cp_async_16(sub + swizzled_offset(row, (c % 8) * 8), src + c * 8);
       }
     }
 #pragma unroll
@@ -268,9 +271,7 @@ __device__ __forceinline__ void producer_fp8(const MlaDecodeParams& p, const KvM
     const int page = tok < tile.seqlen ? __ldg(tile.table(p) + (tok >> page_shift)) : 0;
     wait_stage_free(s, iter);
     if (tok < tile.seqlen) {
-      const uint8_t* rec = cache + static_cast<int64_t>(page) * p.k_block_stride +
-                           static_cast<int64_t>(tok & (p.page_block_size - 1)) * p.k_row_stride +
-                           static_cast<int64_t>(kv_head) * p.k_head_stride;
+      const uint8_t* rec = cache + kv_record_offset(p, page, tok, kv_head);
       // Chunk c = latent dims [16 c, 16 c + 16); every other one, so a thread pair reads
       // whole 32-byte sectors.
 #pragma unroll

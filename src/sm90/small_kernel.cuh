@@ -49,19 +49,29 @@ __device__ __forceinline__ char* small_slot(SmallStorage& s, int i) {
   return s.ring + i * kSubTileBytes;
 }
 
-// One thread, 16-bit caches: the TMA boxes of every sub-tile of every tile of the part, each
-// into the next slot once the math has released it. Pages past the sequence end are not read.
+// 16-bit caches: the TMA boxes of every sub-tile of the part, each into its slot once the math
+// has released it, by lane 0 of one producer warp, or of four for pages of 16 and 32 tokens
+// (2 or 4 boxes per sub-tile), each issuing every 4th sub-tile. A box issue holds its thread
+// for ~200 clocks, so one thread issuing 36 boxes per tile cost 34-36% at pages of 16. At
+// pages of 64 (one box per sub-tile) four issuers measured the same as one, so one issues
+// there (docs/perf-log.md session 11). Pages past the sequence end are not read.
+constexpr int kIssuers = 4;
 __device__ __forceinline__ void small_tma_16bit(const MlaDecodeParams& p, const CUtensorMap* map,
                                                 SmallStorage& s, const PartWalk& walk,
-                                                int kv_head) {
+                                                int kv_head, int issuer, int issuers) {
   const int page_shift = log2_pow2(p.page_block_size);
   const int box_shift = min(page_shift, log2_pow2(kBlockN));
   const int box_rows = 1 << box_shift;
   RingPos pos;
+  int n = 0;  // sub-tiles so far; this thread issues those with n % issuers == issuer
   for (TileCursor tile(p, walk); tile.valid(p, walk); tile.advance(p, walk)) {
     const TilePages pages(p, tile, box_shift, page_shift);
 #pragma unroll 1
-    for (int t = 0; t < kSubTiles; ++t) {
+    for (int t = 0; t < kSubTiles; ++t, ++n) {
+      if ((n & (issuers - 1)) != issuer) {  // issuers: 1 or 4 (a runtime % cost 20%)
+        pos.advance(kSmallSlots16);
+        continue;
+      }
       mbar_wait(&s.empty[pos.slot], pos.phase ^ 1);
       char* dst = small_slot(s, pos.slot);
       mbar_expect_tx(&s.full[pos.slot], pages.boxes * box_rows * 128);
@@ -71,6 +81,45 @@ __device__ __forceinline__ void small_tma_16bit(const MlaDecodeParams& p, const 
         tma_load_4d(dst + b * box_rows * 128, map, &s.full[pos.slot], t * kSubCols,
                     tok & (p.page_block_size - 1), kv_head, pages.of(b));
       }
+      pos.advance(kSmallSlots16);
+    }
+  }
+}
+
+// 16-bit caches with pages below 16 tokens (a TMA box per page would be a few rows): the 128
+// threads of warpgroup 0 gather each sub-tile into its ring slot with cp.async, each thread's
+// copies completing on the slot's `full` barrier (count 128) through
+// cp.async.mbarrier.arrive.noinc. Lane l of warp w copies 16-byte chunk l % 8 of rows
+// l / 8 + 4 w + 16 j (j = 0..3), so one instruction reads four whole 128-byte row segments. The
+// page of each of its four rows is looked up once per tile, before the slot waits. Rows past
+// the sequence end are not read (their table entries may be garbage): the scores warpgroup
+// zeroes them, as it does for TMA tiles.
+__device__ __forceinline__ void small_gather_16bit(const MlaDecodeParams& p, SmallStorage& s,
+                                                   const PartWalk& walk, int kv_head, int tid) {
+  const int page_shift = log2_pow2(p.page_block_size);
+  const int chunk = tid % 8;
+  const int row0 = tid % 32 / 8 + 4 * (tid / 32);
+  const auto* k_cache = static_cast<const uint16_t*>(p.k_cache);
+  RingPos pos;
+  for (TileCursor tile(p, walk); tile.valid(p, walk); tile.advance(p, walk)) {
+    const int live = min(tile.seqlen - tile.blk * kBlockN, kBlockN);
+    const uint16_t* src[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int row = row0 + 16 * j, tok = tile.blk * kBlockN + row;
+      const int page = row < live ? __ldg(tile.table(p) + (tok >> page_shift)) : 0;
+      src[j] = k_cache + kv_record_offset(p, page, tok, kv_head) + chunk * 8;
+    }
+#pragma unroll 1
+    for (int t = 0; t < kSubTiles; ++t) {
+      mbar_wait(&s.empty[pos.slot], pos.phase ^ 1);
+      char* dst = small_slot(s, pos.slot);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int row = row0 + 16 * j;
+        if (row < live) cp_async_16(dst + swizzled_offset(row, chunk * 8), src[j] + t * kSubCols);
+      }
+      cp_async_mbar_arrive(&s.full[pos.slot]);
       pos.advance(kSmallSlots16);
     }
   }
@@ -91,7 +140,7 @@ __device__ __forceinline__ int small_uniform(int v) { return __shfl_sync(0xfffff
 
 // S^T of one tile into sc (the scores of this thread's tokens tok0 / tok1, columns ci), 16-bit
 // caches: the nine sub-tiles from the ring, released RoPE-first by the caller.
-template <typename T>
+template <typename T, bool kGather>
 __device__ __forceinline__ void small_scores_16bit(SmallStorage& s, RingPos& pos, int valid, int tid,
                                                    float (&sc)[8], int& rope_slot) {
   const uint64_t k_desc0 = make_desc_sw128(smem_addr(small_slot(s, 0)), 16, 1024);  // A K-major
@@ -103,6 +152,8 @@ __device__ __forceinline__ void small_scores_16bit(SmallStorage& s, RingPos& pos
   for (int t = 0; t < kSubTiles; ++t) {
     rope_slot = pos.slot;
     mbar_wait(&s.full[pos.slot], pos.phase);
+    // cp.async (gather) writes are generic-proxy writes; wgmma reads through the async proxy.
+    if constexpr (kGather) fence_proxy_async();
     if (valid < kBlockN && t < kSubTiles - 1) {
       // Rows past the end are whatever the slot held (NaN included), and O^T would multiply
       // them by P = 0. The RoPE sub-tile only feeds masked scores.
@@ -206,7 +257,7 @@ __device__ __forceinline__ void small_scores_fp8(SmallStorage& s, int stage_inde
 // online softmax down the token axis, and P^T into the tile's P buffer for the values
 // warpgroup, with the rescale of O it implies; at the last tile of a piece also the piece's row
 // maxima and sums. Owns its rows' Q and softmax state.
-template <typename T, bool kFp8, int kBlocks>
+template <typename T, bool kFp8, int kBlocks, bool kGather>
 __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStorage& s,
                                              const PartWalk& walk, int kv_head, int block, int tid) {
   const SmallFragment f(tid);
@@ -228,6 +279,7 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
       load_q_fp8<kBlocks>(p, s, i, kv_head, block, tid);
     } else {
       load_q<kSmallRows, kSmallMathThreads>(p, s.q[0], i, kv_head, 0, tid);
+      cp_async_wait_all();
     }
     fence_proxy_async();
     small_sync(SmallBarrier::kQReady, block);
@@ -261,7 +313,7 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
         small_scores_fp8<kBlocks>(s, st, block, f, unscale, sc, scale0, scale1);
       } else {
         int rope_slot;
-        small_scores_16bit<T>(s, pos, seqlen - blk * kBlockN, tid, sc, rope_slot);
+        small_scores_16bit<T, kGather>(s, pos, seqlen - blk * kBlockN, tid, sc, rope_slot);
         // The RoPE sub-tile is read by S^T only.
         if (tid == 0) mbar_arrive(&s.empty[rope_slot]);
       }
@@ -426,7 +478,7 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
 // O^T += V^T P^T of one tile, 16-bit caches: block j (dims 64 j ..) reads V sub-tile j only.
 // Two commit groups of four blocks, issued k-step-major so that consecutive wgmmas are
 // independent; each group's four slots are released as soon as it is done.
-template <typename T>
+template <typename T, bool kGather>
 __device__ __forceinline__ void small_values_16bit(SmallStorage& s, RingPos& pos, int buf, int tid,
                                                    float (&o)[8][8]) {
   int slot[kSubTiles - 1];
@@ -440,6 +492,7 @@ __device__ __forceinline__ void small_values_16bit(SmallStorage& s, RingPos& pos
     }
     pos.advance(kSmallSlots16);
   }
+  if constexpr (kGather) fence_proxy_async();  // cp.async writes: generic proxy; wgmma: async proxy
   const uint64_t v_desc0 = make_desc_sw128(smem_addr(small_slot(s, 0)), kSubTileBytes, 1024);  // A MN-major
   const uint64_t p_desc = make_desc_sw128(smem_addr(s.p[buf]), 16, 1024);
   wgmma_fence();
@@ -498,7 +551,7 @@ __device__ __forceinline__ void small_values_fp8(SmallStorage& s, int stage_inde
 // The values warpgroup: per tile O^T = V^T P^T after the rescale the scores warpgroups
 // published; at the end of a piece the epilogue (normalise, write O or the split partial).
 // Columns ci < 4 kBlocks of its fragment: query rows col(ci) (SmallFragment, N = 16 kBlocks).
-template <typename T, bool kFp8, int kBlocks>
+template <typename T, bool kFp8, int kBlocks, bool kGather>
 __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStorage& s,
                                              const PartWalk& walk, int kv_head, int tid) {
   constexpr int kCols = 4 * kBlocks;
@@ -589,7 +642,7 @@ __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStor
         if (tid == 0) mbar_arrive(&s.staged_empty[fp8_stage_of<kBlocks>(n)]);
       } else {
         static_assert(kFp8 || kBlocks == 1, "16-bit caches: one row block");
-        small_values_16bit<T>(s, pos, buf, tid, o);
+        small_values_16bit<T, kGather>(s, pos, buf, tid, o);
       }
 #pragma unroll
       for (int j = 0; j < 8; ++j) fence_operands(o[j]);
@@ -638,8 +691,10 @@ __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStor
 }
 
 // 16-bit caches (kFp8 = false) or the FP8-with-scale format (bf16 queries); kBlocks row
-// blocks of 16 (2 for FP8 caches only).
-template <typename T, bool kFp8, int kBlocks>
+// blocks of 16 (2 for FP8 caches only). kGather: 16-bit pages below kMinTmaPage, filled by
+// small_gather_16bit. A template flag, not a runtime test of the page size: the consumers'
+// fence after every sub-tile wait is then absent from the TMA build's sub-tile loop.
+template <typename T, bool kFp8, int kBlocks, bool kGather>
 __global__ void __launch_bounds__(kSmallThreads, 1)
     mla_decode_small_kernel(const __grid_constant__ MlaDecodeParams p,
                             const __grid_constant__ KvMaps maps) {
@@ -660,7 +715,8 @@ __global__ void __launch_bounds__(kSmallThreads, 1)
       }
     } else {
       for (int t = 0; t < kSmallSlots16; ++t) {
-        mbar_init(&s.full[t], 1);  // expect_tx
+        // expect_tx (TMA), or one cp.async arrive per producer thread (gather)
+        mbar_init(&s.full[t], kGather ? 128 : 1);
         mbar_init(&s.empty[t], 1);
       }
     }
@@ -670,11 +726,17 @@ __global__ void __launch_bounds__(kSmallThreads, 1)
 
   if (warp < 4) {
     setmaxnreg_dec<kBlocks == 2 ? kSmall2TmaRegs : kSmallTmaRegs>();
-    if (threadIdx.x != 0) return;
     if constexpr (kFp8) {
+      if (threadIdx.x != 0) return;
       small_tma_fp8<kBlocks>(p, maps, s, walk, kv_head);
     } else {
-      small_tma_16bit(p, &maps.kv, s, walk, kv_head);
+      if constexpr (kGather) {
+        small_gather_16bit(p, s, walk, kv_head, threadIdx.x);
+        return;
+      }
+      const int issuers = p.page_block_size < kBlockN ? kIssuers : 1;
+      if (threadIdx.x % 32 != 0 || warp >= issuers) return;
+      small_tma_16bit(p, &maps.kv, s, walk, kv_head, warp, issuers);
     }
   } else if constexpr (kBlocks == 2) {
     // Block 1's scores warpgroup is warpgroup 1, block 0's warpgroup 2: one copy of the code
@@ -683,20 +745,20 @@ __global__ void __launch_bounds__(kSmallThreads, 1)
     // two inlined copies as divergent).
     if (warp < kSmallValueWarp) {
       setmaxnreg_inc<kSmall2ScoreRegs>();
-      small_scores<T, kFp8, 2>(p, s, walk, kv_head, warp < kSmallScoreWarp ? 1 : 0, threadIdx.x % 128);
+      small_scores<T, kFp8, 2, false>(p, s, walk, kv_head, warp < kSmallScoreWarp ? 1 : 0, threadIdx.x % 128);
     } else {
       setmaxnreg_inc<kSmall2ValueRegs>();
-      small_values<T, kFp8, 2>(p, s, walk, kv_head, threadIdx.x - kSmallValueWarp * 32);
+      small_values<T, kFp8, 2, false>(p, s, walk, kv_head, threadIdx.x - kSmallValueWarp * 32);
     }
   } else {
     if (warp < kSmallScoreWarp) {
       setmaxnreg_dec<kSmallIdleRegs>();
     } else if (warp < kSmallValueWarp) {
       setmaxnreg_inc<kSmallMathRegs>();
-      small_scores<T, kFp8, 1>(p, s, walk, kv_head, 0, threadIdx.x - kSmallScoreWarp * 32);
+      small_scores<T, kFp8, 1, kGather>(p, s, walk, kv_head, 0, threadIdx.x - kSmallScoreWarp * 32);
     } else {
       setmaxnreg_inc<kSmallMathRegs>();
-      small_values<T, kFp8, 1>(p, s, walk, kv_head, threadIdx.x - kSmallValueWarp * 32);
+      small_values<T, kFp8, 1, kGather>(p, s, walk, kv_head, threadIdx.x - kSmallValueWarp * 32);
     }
   }
 }

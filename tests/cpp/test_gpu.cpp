@@ -506,6 +506,16 @@ TEST_F(GpuTest, SingleSequence) {
     sh.seqlens = {L};
     check_against_cpu(sh);
   }
+  // Long enough that the sequence is split once per part: with >= 128 parts (h_q = 16 on 132
+  // SMs; both with SMs + 1 parts) the combine splits each row's columns 16 ways, each of its 16
+  // thread groups merging 8 or more partials.
+  for (int h_q : {16, 128}) {
+    Shape sh;
+    sh.seed = 2050 + h_q;
+    sh.h_q = h_q;
+    sh.seqlens = {h_q == 16 ? 30000 : 9000};
+    check_against_cpu(sh);
+  }
   Shape empty;
   empty.seed = 2100;
   empty.h_q = 64;
