@@ -270,30 +270,38 @@ void run_decode(DeviceProblem& d, Schedule& sch, const Problem& h, cudaStream_t 
   ck(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
 }
 
-// ||got - ref|| / ||ref|| < 1e-2 over out; lse within lse_tol * max(1, |lse|); +inf exactly
-// where the reference has it (with an all-zero output row); no NaN anywhere.
+// Per sequence, ||got - ref|| / ||ref|| < 1e-2 over its out (judged per sequence: the output
+// of a long sequence is an average with a small norm, which a global norm would let a short
+// sequence's output swamp); lse within lse_tol * max(1, |lse|); +inf exactly where the
+// reference has it (with an all-zero output row); no NaN anywhere.
 void expect_close(const Result& ref, const Result& got, const Shape& sh, const std::string& label,
                   double lse_tol = 1e-3) {
   SCOPED_TRACE(label);
   ASSERT_EQ(ref.out.size(), got.out.size());
   ASSERT_EQ(ref.lse.size(), got.lse.size());
-  double diff2 = 0, ref2 = 0;
+  ASSERT_EQ(ref.out.size(), static_cast<size_t>(sh.b) * sh.s_q * sh.h_q * kDv);
+  const size_t per_seq = static_cast<size_t>(sh.s_q) * sh.h_q * kDv;  // out is [b, s_q, h_q, dv]
   size_t nan_out = 0;
-  for (size_t i = 0; i < ref.out.size(); ++i) {
-    if (std::isnan(got.out[i])) {
-      ++nan_out;
-      continue;
+  int bad_out = 0;
+  for (int b = 0; b < sh.b; ++b) {
+    double diff2 = 0, ref2 = 0;
+    for (size_t i = b * per_seq; i < (b + 1) * per_seq; ++i) {
+      if (std::isnan(got.out[i])) {
+        ++nan_out;
+        continue;
+      }
+      const double d = static_cast<double>(got.out[i]) - ref.out[i];
+      diff2 += d * d;
+      ref2 += static_cast<double>(ref.out[i]) * ref.out[i];
     }
-    const double d = static_cast<double>(got.out[i]) - ref.out[i];
-    diff2 += d * d;
-    ref2 += static_cast<double>(ref.out[i]) * ref.out[i];
+    const bool ok = ref2 == 0 ? diff2 == 0 : std::sqrt(diff2 / ref2) < 1e-2;
+    if (!ok && ++bad_out <= 10) {
+      ADD_FAILURE() << "out of sequence b=" << b << " (length " << sh.seqlens[b]
+                    << "): relative L2 error " << (ref2 == 0 ? diff2 : std::sqrt(diff2 / ref2))
+                    << (ref2 == 0 ? " (reference all zero: absolute)" : "");
+    }
   }
   ASSERT_EQ(nan_out, 0u) << "NaN in out";
-  if (ref2 == 0) {
-    EXPECT_EQ(diff2, 0.0) << "reference output is all zero, got nonzero";
-  } else {
-    EXPECT_LT(std::sqrt(diff2 / ref2), 1e-2) << "relative L2 error of out";
-  }
 
   int bad_lse = 0;
   for (int b = 0; b < sh.b; ++b)

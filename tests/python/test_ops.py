@@ -66,6 +66,27 @@ def _assert_matches(out, lse, q, kv, table, seqlens, causal, scale=DEFAULT_SCALE
     assert errs["lse_err"] < 1e-3, f"lse error {errs['lse_err']:.3g}"
 
 
+def test_compare_judges_each_sequence():
+    # A long sequence's output has a small norm: a 50% error there must fail the check even
+    # next to a short sequence whose output dominates the batch's norm.
+    ref_out = torch.zeros(2, 1, 1, ref.HEAD_DIM_V, dtype=torch.float64)
+    ref_out[0] = 1.0
+    ref_out[1] = 0.01
+    lse = torch.zeros(2, 1, 1, dtype=torch.float64)
+    out = ref_out.clone()
+    out[1] *= 1.5
+    errs = ref.compare(out, lse, ref_out, lse)
+    assert errs["rel_all"] < 1e-2 < errs["rel"]
+    assert abs(errs["rel"] - 0.5) < 1e-9
+    assert not ref.passes(errs)
+    # An all-zero reference row is judged by the absolute error.
+    ref_out[1] = 0.0
+    out[1] = 0.0
+    out[1, 0, 0, 0] = 0.02
+    errs = ref.compare(out, lse, ref_out, lse)
+    assert abs(errs["rel"] - 0.02) < 1e-9 and not ref.passes(errs)
+
+
 SEQLENS = {
     # lengths 0 and 1, page-boundary neighbours, non-multiples of 64
     "varlen": [0, 1, 63, 64, 65, 127, 200, 1000, 4097, 3],
