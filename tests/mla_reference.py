@@ -391,11 +391,13 @@ def compare(out, lse, ref_out, ref_lse):
     denom = ref_out.norm()
     diff = (out - ref_out).norm()
     rel_all = float(diff / denom) if float(denom) > 0 else float(diff)
-    n = out.shape[0]
-    diff_i = (out - ref_out).reshape(n, -1).norm(dim=1)
-    denom_i = ref_out.reshape(n, -1).norm(dim=1)
-    rel_i = torch.where(denom_i > 0, diff_i / denom_i.clamp(min=torch.finfo(cd).tiny), diff_i)
-    rel = float(rel_i.max()) if n > 0 else 0.0
+    rel = rel_all
+    if out.numel() > 0:
+        n = out.shape[0]
+        diff_i = (out - ref_out).reshape(n, -1).norm(dim=1)
+        denom_i = ref_out.reshape(n, -1).norm(dim=1)
+        rel_i = torch.where(denom_i > 0, diff_i / denom_i.clamp(min=torch.finfo(cd).tiny), diff_i)
+        rel = float(rel_i.max())
     fin = ~ref_inf & torch.isfinite(lse)
     if bool(fin.any()):
         lse_err = float(((lse - ref_lse).abs() / ref_lse.abs().clamp(min=1.0))[fin].max())
