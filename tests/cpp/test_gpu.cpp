@@ -254,20 +254,26 @@ Result fetch(const Problem& h, const DeviceProblem& d) {
   return {h.gather_out(d.out.download()), d.lse.download()};
 }
 
-// Poisons all outputs and workspaces, runs metadata + decode on `stream`, waits.
-void run_decode(DeviceProblem& d, Schedule& sch, const Problem& h, cudaStream_t stream) {
+// Poisons the outputs and the split workspace, runs the decode on `stream` with the metadata
+// already in `sch`, waits.
+void decode_on_metadata(DeviceProblem& d, Schedule& sch, cudaStream_t stream) {
   d.out.poison(stream);
   d.lse.poison(stream);
-  sch.meta.poison(stream);
-  sch.splits.poison(stream);
   sch.o_accum.poison(stream);
   sch.lse_accum.poison(stream);
   sch.attach(d.p);
-  flashmla::get_mla_metadata(d.seqlens.get(), h.sh.b, h.rows(), h.sh.h_kv, sch.parts, sch.meta.get(),
-                             sch.splits.get(), stream);
   flashmla::mla_decode(d.p, stream);
   ck(cudaGetLastError(), "launch");
   ck(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+}
+
+// Poisons all outputs and workspaces, runs metadata + decode on `stream`, waits.
+void run_decode(DeviceProblem& d, Schedule& sch, const Problem& h, cudaStream_t stream) {
+  sch.meta.poison(stream);
+  sch.splits.poison(stream);
+  flashmla::get_mla_metadata(d.seqlens.get(), h.sh.b, h.rows(), h.sh.h_kv, sch.parts, sch.meta.get(),
+                             sch.splits.get(), stream);
+  decode_on_metadata(d, sch, stream);
 }
 
 // Per sequence, ||got - ref|| / ||ref|| < 1e-2 over its out (judged per sequence: the output
@@ -350,12 +356,7 @@ void check_against_cpu(const Shape& sh) {
     run_decode(d, sch, h, stream);
     expect_close(ref, fetch(h, d), sh, describe(sh, parts));
     if (parts != natural) continue;
-    d.out.poison(stream);
-    d.lse.poison(stream);
-    sch.o_accum.poison(stream);
-    sch.lse_accum.poison(stream);
-    flashmla::mla_decode(d.p, stream);
-    ck(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    decode_on_metadata(d, sch, stream);
     expect_close(ref, fetch(h, d), sh, "second call on the same metadata, " + describe(sh, parts));
   }
   ck(cudaStreamDestroy(stream), "cudaStreamDestroy");
