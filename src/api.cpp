@@ -1,9 +1,12 @@
 // Host side of the public API: argument checking, workspace sizing and the launch sequence.
 //
-// What validate() cannot check: cache_seqlens and block_table live in device memory, and
-// reading them would need a host sync (and would break CUDA-graph capture). The kernels clamp
-// nothing, so the caller must guarantee 0 <= cache_seqlens[i] <= max_blocks_per_seq *
-// page_block_size and that every block_table entry covering a live token is in [0, num_blocks). The sizes of
+// What validate() cannot check: cache_seqlens, block_table and the metadata live in device
+// memory, and reading them would need a host sync (and would break CUDA-graph capture). The
+// caller must guarantee 0 <= cache_seqlens[i] <= max_blocks_per_seq * page_block_size, that
+// every block_table entry covering a live token is in [0, num_blocks), and that
+// tile_scheduler_metadata and num_splits come from one get_mla_metadata call on these same
+// cache_seqlens. The kernels only keep a broken metadata contract from hanging or writing out
+// of bounds (the combine then writes NaN for the sequences it cannot merge). The sizes of
 // o_accum / lse_accum are not part of MlaDecodeParams either: allocate at least
 // o_accum_elems() / lse_accum_elems() for the same batch, num_sm_parts and heads.
 #include <algorithm>
@@ -127,9 +130,10 @@ struct Dim {
 // stride and require each to clear the span of everything inside it. A dimension of extent 1
 // is never stepped, so its stride is free (PyTorch gives such dims arbitrary strides) unless
 // `strict` - k_cache strides all go into a TMA descriptor whatever the extent.
+// Returns the tensor's span in elements (first element to one past the last).
 template <int N>
-void check_layout(const char* tensor, int64_t inner_extent, Dim (&dims)[N], bool strict,
-                  int64_t chunk = 8) {
+int64_t check_layout(const char* tensor, int64_t inner_extent, Dim (&dims)[N], bool strict,
+                     int64_t chunk = 8) {
   Dim stepped[N];
   int n = 0;
   for (const Dim& d : dims) {
@@ -150,11 +154,56 @@ void check_layout(const char* tensor, int64_t inner_extent, Dim (&dims)[N], bool
       throw Error(std::string(d.stride_name) + " is too large, got " + str(d.stride));
     span += d.stride * (d.extent - 1);
   }
+  return span;
+}
+
+// A buffer's bytes, for the overlap checks: [begin, begin + bytes).
+struct Span {
+  const char* name;
+  const void* begin;
+  int64_t bytes;
+};
+
+bool overlap(const Span& a, const Span& b) {
+  const auto a0 = reinterpret_cast<uintptr_t>(a.begin), b0 = reinterpret_cast<uintptr_t>(b.begin);
+  return a0 < b0 + static_cast<uintptr_t>(b.bytes) && b0 < a0 + static_cast<uintptr_t>(a.bytes);
+}
+
+// Every written buffer against every other one: the kernels read and write them concurrently,
+// so an output aliasing an input (or another output) gives a wrong answer, not an error.
+template <size_t W, size_t R>
+void require_disjoint(const Span (&written)[W], const Span (&read)[R]) {
+  for (size_t i = 0; i < W; ++i) {
+    for (size_t j = i + 1; j < W; ++j) {
+      if (overlap(written[i], written[j]))
+        throw Error(std::string(written[j].name) + " must not overlap " + written[i].name);
+    }
+    for (const Span& r : read) {
+      if (overlap(written[i], r)) throw Error(std::string(written[i].name) + " must not overlap " + r.name);
+    }
+  }
+}
+
+// The decode's inputs and outputs as byte spans (layouts already checked).
+struct ProblemSpans {
+  Span read[4];   // q, k_cache, block_table, cache_seqlens
+  Span written[2];  // out, lse
+};
+
+ProblemSpans problem_spans(const MlaDecodeParams& p, int64_t q_bytes, int64_t k_bytes,
+                           int64_t table_ints, int64_t out_bytes) {
+  return {{{"q", p.q, q_bytes},
+           {"k_cache", p.k_cache, k_bytes},
+           {"block_table", p.block_table, 4 * table_ints},
+           {"cache_seqlens", p.cache_seqlens, int64_t{4} * p.batch}},
+          {{"out", p.out, out_bytes},
+           {"lse", p.lse, int64_t{4} * p.batch * p.seqlen_q * p.num_heads_q}}};
 }
 
 // Shapes, scalars, q / k_cache / block_table / seqlens / out / lse: what both the decode
-// path and the GPU reference read.
-void validate_problem(const MlaDecodeParams& p) {
+// path and the GPU reference read (`decode`: also the decode path's own limits). Returns their
+// byte spans for validate_schedule.
+ProblemSpans validate_problem(const MlaDecodeParams& p, bool decode) {
   if (p.dtype != DType::kBF16 && p.dtype != DType::kFP16)
     throw Error("dtype must be kBF16 or kFP16, got " + str(static_cast<int>(p.dtype)));
   if (p.kv_format != KvFormat::kSameAsQ && p.kv_format != KvFormat::kFP8WithScale)
@@ -175,6 +224,9 @@ void validate_problem(const MlaDecodeParams& p) {
   if (static_cast<int64_t>(p.seqlen_q) * p.num_heads_q > INT_MAX)
     throw Error("seqlen_q * num_heads_q must fit in int32, got " +
                 str(static_cast<int64_t>(p.seqlen_q) * p.num_heads_q));
+  // The combine's grid has a CTA row per query row of a batch entry (grid.y <= 65535).
+  if (decode && p.seqlen_q * p.num_heads_q > 65535)
+    throw Error("seqlen_q * num_heads_q must be <= 65535, got " + str(p.seqlen_q * p.num_heads_q));
   require_equal("head_dim", p.head_dim, kHeadDim);
   require_equal("head_dim_v", p.head_dim_v, kHeadDimV);
   if (!is_supported_page_block_size(p.page_block_size))
@@ -197,34 +249,46 @@ void validate_problem(const MlaDecodeParams& p) {
   Dim q_dims[] = {{"q_head_stride", p.num_heads_q, p.q_head_stride},
                   {"q_seq_stride", p.seqlen_q, p.q_seq_stride},
                   {"q_batch_stride", p.batch, p.q_batch_stride}};
-  check_layout("q", kHeadDim, q_dims, /*strict=*/false);
+  const int64_t q_span = check_layout("q", kHeadDim, q_dims, /*strict=*/false);
   Dim k_dims[] = {{"k_head_stride", p.num_heads_kv, p.k_head_stride},
                   {"k_row_stride", p.page_block_size, p.k_row_stride},
                   {"k_block_stride", p.num_blocks, p.k_block_stride}};
-  if (fp8) {
-    check_layout("k_cache", kFp8TokenBytes, k_dims, /*strict=*/true, /*chunk=*/16);
-  } else {
-    check_layout("k_cache", kHeadDim, k_dims, /*strict=*/true);
-  }
+  const int64_t k_bytes = fp8 ? check_layout("k_cache", kFp8TokenBytes, k_dims, /*strict=*/true, /*chunk=*/16)
+                              : 2 * check_layout("k_cache", kHeadDim, k_dims, /*strict=*/true);
   Dim o_dims[] = {{"o_head_stride", p.num_heads_q, p.o_head_stride},
                   {"o_seq_stride", p.seqlen_q, p.o_seq_stride},
                   {"o_batch_stride", p.batch, p.o_batch_stride}};
-  check_layout("out", kHeadDimV, o_dims, /*strict=*/false);
+  const int64_t o_span = check_layout("out", kHeadDimV, o_dims, /*strict=*/false);
   if (p.batch > 1 && p.block_table_batch_stride < p.max_blocks_per_seq)
     throw Error("block_table_batch_stride must be >= max_blocks_per_seq (" +
                 str(p.max_blocks_per_seq) + "), got " + str(p.block_table_batch_stride));
 
+  const int64_t table_ints = static_cast<int64_t>(p.batch - 1) * p.block_table_batch_stride + p.max_blocks_per_seq;
+  const ProblemSpans spans = problem_spans(p, 2 * q_span, k_bytes, table_ints, 2 * o_span);
+  require_disjoint(spans.written, spans.read);
+
   require_device_buffers(buffers);
+  return spans;
 }
 
 // The split-KV schedule and its workspace, used by mla_decode only.
-void validate_schedule(const MlaDecodeParams& p) {
+void validate_schedule(const MlaDecodeParams& p, const ProblemSpans& problem) {
   require_at_least("num_sm_parts", p.num_sm_parts, 1);
   const Buffer buffers[] = {{"tile_scheduler_metadata", p.tile_scheduler_metadata, 16},
                             {"num_splits", p.num_splits, 4},
                             {"o_accum", p.o_accum, 16},
                             {"lse_accum", p.lse_accum, 4}};
   require_buffers(buffers);
+
+  const int rows = p.seqlen_q * (p.num_heads_q / p.num_heads_kv);
+  const Span written[] = {
+      problem.written[0], problem.written[1],
+      {"o_accum", p.o_accum, 4 * static_cast<int64_t>(o_accum_elems(p.batch, p.num_sm_parts, p.num_heads_kv, rows))},
+      {"lse_accum", p.lse_accum, 4 * static_cast<int64_t>(lse_accum_elems(p.batch, p.num_sm_parts, p.num_heads_kv, rows))}};
+  const Span read[] = {problem.read[0], problem.read[1], problem.read[2], problem.read[3],
+                       {"tile_scheduler_metadata", p.tile_scheduler_metadata, int64_t{4} * kMetadataInts * p.num_sm_parts},
+                       {"num_splits", p.num_splits, int64_t{4} * (p.batch + 1)}};
+  require_disjoint(written, read);
   require_device_buffers(buffers);
 }
 
@@ -274,8 +338,7 @@ void get_mla_metadata(const int32_t* cache_seqlens, int batch, int rows_per_kv_h
 }
 
 void validate(const MlaDecodeParams& p) {
-  validate_problem(p);
-  validate_schedule(p);
+  validate_schedule(p, validate_problem(p, /*decode=*/true));
 }
 
 bool can_implement(const MlaDecodeParams& p, std::string* why) {
@@ -296,7 +359,7 @@ void mla_decode(const MlaDecodeParams& p, cudaStream_t stream) {
 }
 
 void mla_decode_reference_gpu(const MlaDecodeParams& p, cudaStream_t stream) {
-  validate_problem(p);
+  validate_problem(p, /*decode=*/false);
   detail::launch_reference_gpu(p, stream);
 }
 

@@ -70,12 +70,19 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
   const int col = blockIdx.z * kCtaCols + kColsPerThread * member;
 
   const int first = p.num_splits[b];
-  const int n = p.num_splits[b + 1] - first;
+  int n = p.num_splits[b + 1] - first;
   if (n == 1) return;  // the decode kernel wrote out and lse itself
+  // Metadata that does not belong to these lengths (a misuse: num_splits from another call,
+  // or cache_seqlens changed since get_mla_metadata) is reported as NaN rather than read out
+  // of the workspace's bounds or written as an empty sequence. Block-uniform.
+  const bool broken = first < 0 || n < 0 || first + n > p.batch + p.num_sm_parts ||
+                      (n == 0 && p.cache_seqlens[b] > 0);
+  if (broken) n = 0;
 
   auto* out = static_cast<T*>(p.out) + b * p.o_batch_stride + s * p.o_seq_stride +
               h * p.o_head_stride + col;
   float* lse = p.lse + (static_cast<int64_t>(b) * p.num_heads_q + h) * p.seqlen_q + s;
+
 
   // Partial i of this row sits at index (first + i) * h_kv * rows + row.
   const int64_t split_stride = static_cast<int64_t>(p.num_heads_kv) * rows;
@@ -176,6 +183,10 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
   }
 
   if (group != 0) return;
+  if (broken) {
+    for (int c = 0; c < kColsPerThread; ++c) result[c] = NAN;
+    lse_out = NAN;
+  }
   // Scalar stores: they assume nothing about the alignment of the out strides.
   for (int c = 0; c < kColsPerThread; ++c) out[c] = ElementOps<T>::from_float(result[c]);
   if (threadIdx.x == 0 && blockIdx.z == 0) *lse = lse_out;

@@ -91,6 +91,8 @@ struct MlaDecodeParams {
   int64_t o_head_stride = 0;
   float* lse = nullptr;               // [b, h_q, s_q] contiguous, natural log, +inf if empty
 
+  // Both from one get_mla_metadata call on these cache_seqlens values (not checkable on the
+  // host; a mismatch cannot hang or write out of bounds, and unmergeable sequences come out NaN).
   const int32_t* tile_scheduler_metadata = nullptr;  // [num_sm_parts, kMetadataInts]
   int num_sm_parts = 0;
   const int32_t* num_splits = nullptr;  // [b + 1], prefix sums of splits per sequence
@@ -113,7 +115,9 @@ void get_mla_metadata(const int32_t* cache_seqlens, int batch, int rows_per_kv_h
                       int num_heads_kv, int num_sm_parts, int32_t* tile_scheduler_metadata,
                       int32_t* num_splits, cudaStream_t stream);
 
-// Checks every shape, stride, pointer and scalar; throws Error naming the argument.
+// Checks every shape, stride, pointer and scalar, and that no output (out, lse, o_accum,
+// lse_accum) overlaps another buffer; throws Error naming the argument. seqlen_q * num_heads_q
+// is at most 65535 (the combine's grid).
 void validate(const MlaDecodeParams& p);
 
 // Non-throwing form of validate: false and the reason in *why (if given).

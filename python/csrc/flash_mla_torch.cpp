@@ -151,6 +151,8 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache_mla(
   TORCH_CHECK_VALUE(k_cache.stride(3) == 1, "k_cache must be contiguous in its last dim");
 
   const int64_t batch = q.size(0), seqlen_q = q.size(1), h_q = q.size(2);
+  TORCH_CHECK_VALUE(batch > 0 && seqlen_q > 0 && h_q > 0,
+                    "q must have batch, seqlen_q and num_heads_q >= 1, got shape ", q.sizes());
   const int64_t h_kv = k_cache.size(2);
   TORCH_CHECK_VALUE(h_kv > 0 && h_q % h_kv == 0, "k_cache num_heads_k (dim 2) = ", h_kv,
                     " must divide q's num_heads_q = ", h_q);
@@ -243,7 +245,9 @@ template <typename Convert>
 at::Tensor convert_records(const at::Tensor& src, int64_t dst_width, at::ScalarType dst_dtype,
                            Convert convert) {
   const c10::cuda::CUDAGuard guard(src.device());
-  const at::Tensor rows = src.reshape({-1, src.size(-1)});
+  at::Tensor rows = src.reshape({-1, src.size(-1)});
+  // The core reads each record as contiguous bytes: a view strided in its last dim is copied.
+  if (rows.size(0) > 0 && rows.stride(1) != 1) rows = rows.contiguous();
   auto out_shape = src.sizes().vec();
   out_shape.back() = dst_width;
   at::Tensor out = at::empty(out_shape, src.options().dtype(dst_dtype));

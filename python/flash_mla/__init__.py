@@ -64,10 +64,16 @@ def flash_mla_with_kvcache(
             of two from 1 to 256; V is its first head_dim_v columns. With is_fp8_kvcache=True:
             float8_e4m3fn (or uint8) [num_blocks, page_block_size, h_kv, 656] records from
             quantize_kv_fp8, and q must be bf16.
-        block_table: int32 [batch, max_blocks_per_seq] page ids.
-        cache_seqlens: int32 [batch].
+        block_table: int32 [batch, max_blocks_per_seq] page ids, each in [0, num_blocks) where
+            it covers a live token.
+        cache_seqlens: int32 [batch], each in [0, max_blocks_per_seq * page_block_size].
         head_dim_v: 512.
-        tile_scheduler_metadata, num_splits: from get_mla_metadata.
+        tile_scheduler_metadata, num_splits: both from one get_mla_metadata call on these same
+            cache_seqlens values.
+
+    The lengths, page ids and metadata live on the GPU and are not read on the host (no sync,
+    graph-capturable), so the requirements above are the caller's. A mismatched metadata pair
+    cannot hang or write out of bounds; the sequences it cannot merge come out as NaN.
         softmax_scale: defaults to 1 / sqrt(576).
         causal: with s_q > 1, query i of a sequence of length L sees keys 0 .. L - s_q + i.
         is_fp8_kvcache: k_cache holds FP8-with-scale records (dequantized to bf16 on the fly).

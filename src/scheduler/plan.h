@@ -57,19 +57,18 @@ enum MetadataField : int {
   kMetaBeginSplit = 4,  // piece index of the first sequence (0 unless it was split before)
 };
 
-FLASHMLA_HOST_DEVICE inline int num_kv_blocks(int seqlen) { return (seqlen + 63) / 64; }
+// KV blocks of a sequence; negative lengths count as empty, and lengths near INT32_MAX do not
+// overflow. The planner and the kernels share it, so they agree on every length.
+FLASHMLA_HOST_DEVICE inline int num_kv_blocks(int32_t seqlen) {
+  return seqlen > 0 ? (seqlen - 1) / 64 + 1 : 0;
+}
 
 namespace plan {
 
 // Positions are int64: total reaches batch * (2^25 + 5) for seqlens near INT32_MAX.
 
-// KV blocks of a sequence; negative lengths count as empty (no overflow near INT32_MAX).
-FLASHMLA_HOST_DEVICE inline int seq_blocks(int32_t seqlen) {
-  return seqlen > 0 ? (seqlen - 1) / 64 + 1 : 0;
-}
-
 FLASHMLA_HOST_DEVICE inline int64_t seq_cost(int32_t seqlen) {
-  const int n = seq_blocks(seqlen);
+  const int n = num_kv_blocks(seqlen);
   return n > 0 ? static_cast<int64_t>(n) + kSplitOverheadBlocks : 0;
 }
 

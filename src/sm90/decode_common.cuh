@@ -52,8 +52,19 @@ struct PartWalk {
         block_end(meta[kMetaEndBlock]),
         split_begin(meta[kMetaBeginSplit]) {}
   __device__ int lo(int i) const { return i == batch_begin ? block_begin : 0; }
-  __device__ int hi(int i, int nblocks) const { return i == batch_end ? block_end : nblocks; }
+  // Clamped: metadata planned for other lengths (a misuse) must not walk past the end, where
+  // a tile's negative row count would overrun shared memory and wait forever on its TMA bytes.
+  __device__ int hi(int i, int nblocks) const { return i == batch_end ? min(block_end, nblocks) : nblocks; }
 };
+
+// Split slot `split` of a sequence whose pieces are num_splits[i] = first .. first + n_splits:
+// inside them and inside the workspace (batch + num_sm_parts slots). Only num_splits from
+// another call than the metadata (a misuse) fails it; its partial is then not written, and
+// the combine reports the sequence (NaN) instead of anything being written out of bounds.
+__device__ __forceinline__ bool partial_slot_ok(const MlaDecodeParams& p, int first, int n_splits,
+                                                int split) {
+  return split >= 0 && split < first + n_splits && split < p.batch + p.num_sm_parts;
+}
 
 // The tiles of a part in walk order, as a cursor: the producers' loop (the FP8 one also keeps
 // a second cursor one tile ahead).
@@ -235,8 +246,10 @@ __device__ __forceinline__ void write_output(const MlaDecodeParams& p, SharedSto
   const float lse2_0 = tot0 > 0.f ? m0 + __log2f(tot0) : -INFINITY;
   const float lse2_1 = tot1 > 0.f ? m1 + __log2f(tot1) : -INFINITY;
 
-  const int n_splits = p.num_splits[i + 1] - p.num_splits[i];
-  const int split = p.num_splits[i] + (i == walk.batch_begin ? walk.split_begin : 0);
+  const int first = p.num_splits[i];
+  const int n_splits = p.num_splits[i + 1] - first;
+  const int split = first + (i == walk.batch_begin ? walk.split_begin : 0);
+  const bool partial_ok = partial_slot_ok(p, first, n_splits, split);
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int row = half ? row1 : row0;
@@ -257,7 +270,7 @@ __device__ __forceinline__ void write_output(const MlaDecodeParams& p, SharedSto
         p.lse[(static_cast<int64_t>(i) * p.num_heads_q + h) * p.seqlen_q + sq] =
             lse2 == -INFINITY ? INFINITY : lse2 * 0.6931471805599453f;
       }
-    } else {
+    } else if (partial_ok) {
       const int64_t idx = (static_cast<int64_t>(split) * p.num_heads_kv + kv_head) * rows + r;
       float* oa = p.o_accum + idx * kHeadDimV + wg * kColsPerMathWG;
 #pragma unroll

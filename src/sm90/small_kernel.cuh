@@ -651,8 +651,10 @@ __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStor
     }
 
     // Epilogue: normalise, write O (or the split partial).
-    const int n_splits = p.num_splits[i + 1] - p.num_splits[i];
-    const int split = p.num_splits[i] + (i == walk.batch_begin ? walk.split_begin : 0);
+    const int first = p.num_splits[i];
+    const int n_splits = p.num_splits[i + 1] - first;
+    const int split = first + (i == walk.batch_begin ? walk.split_begin : 0);
+    const bool partial_ok = partial_slot_ok(p, first, n_splits, split);
 #pragma unroll
     for (int ci = 0; ci < kCols; ++ci) {
       const int r = f.col(ci);
@@ -675,7 +677,7 @@ __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStor
           p.lse[(static_cast<int64_t>(i) * p.num_heads_q + h) * p.seqlen_q + sq] =
               lse2 == -INFINITY ? INFINITY : lse2 * 0.6931471805599453f;
         }
-      } else {
+      } else if (partial_ok) {
         const int64_t idx = (static_cast<int64_t>(split) * p.num_heads_kv + kv_head) * rows + r;
         float* oa = p.o_accum + idx * kHeadDimV;
 #pragma unroll

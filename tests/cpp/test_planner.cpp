@@ -247,15 +247,17 @@ std::vector<int32_t> random_seqlens(std::mt19937& rng, int b, int kind) {
 // --- helpers against brute force ------------------------------------------------------
 
 TEST(PlannerHelpers, SeqBlocksAndCost) {
-  for (int32_t L : {-100000, -64, -1, 0}) {
-    EXPECT_EQ(plan::seq_blocks(L), 0);
+  for (int32_t L : {INT32_MIN, -100000, -64, -1, 0}) {
+    EXPECT_EQ(num_kv_blocks(L), 0);
     EXPECT_EQ(plan::seq_cost(L), 0);
   }
   for (int32_t L = 1; L <= 1000; ++L) {
-    EXPECT_EQ(plan::seq_blocks(L), num_kv_blocks(L));
+    EXPECT_EQ(num_kv_blocks(L), (L + 63) / 64);
     EXPECT_EQ(plan::seq_cost(L), num_kv_blocks(L) + kOv);
   }
-  EXPECT_EQ(plan::seq_blocks(INT32_MAX), (int64_t{INT32_MAX} + 63) / 64);
+  // The kernels use the same count: no overflow where L + 63 would pass INT32_MAX.
+  for (int32_t L : {INT32_MAX - 63, INT32_MAX - 62, INT32_MAX - 1, INT32_MAX})
+    EXPECT_EQ(num_kv_blocks(L), (int64_t{L} + 63) / 64);
 }
 
 TEST(PlannerHelpers, PiecesAndSplitsAgainstBruteForce) {

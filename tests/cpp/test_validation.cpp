@@ -56,7 +56,9 @@ struct Buffers {
     void** slots[] = {&q, &k, &out, &lse, &table, &seqlens, &meta, &splits, &o_accum, &lse_accum};
     for (int i = 0; i < 10; ++i) {
       if (device_present()) {
-        if (cudaMalloc(slots[i], sizes[i]) != cudaSuccess) std::abort();
+        // Twice the dense size: the padded layouts below must stay inside their own buffer,
+        // or the overlap checks would (rightly) refuse them.
+        if (cudaMalloc(slots[i], 2 * sizes[i]) != cudaSuccess) std::abort();
       } else {
         // Distinct, 4 KiB-aligned, never dereferenced.
         *slots[i] = reinterpret_cast<void*>(uintptr_t(0x100000) * (i + 1));
@@ -181,6 +183,25 @@ std::vector<BadCase> bad_cases() {
       {"o batch overlap", [](auto& p) { p.o_batch_stride = 0; }, "o_batch_stride"},
       {"o head unaligned", [](auto& p) { p.o_head_stride = 514; }, "o_head_stride"},
       {"table stride", [](auto& p) { p.block_table_batch_stride = kMaxBlocks - 1; }, "block_table_batch_stride"},
+      // The combine's grid.y (one CTA row per query row); strides grown to match.
+      {"rows > 65535", [](auto& p) {
+         p.seqlen_q = 4097;
+         p.q_batch_stride = int64_t{4097} * kHeadsQ * 576;
+         p.o_batch_stride = int64_t{4097} * kHeadsQ * 512;
+       }, "seqlen_q * num_heads_q must be <= 65535, got 65552"},
+      // Outputs aliasing inputs or each other: the kernels read and write them concurrently.
+      {"out aliases q", [](auto& p) { p.out = const_cast<void*>(p.q); }, "out must not overlap q"},
+      {"lse in k_cache", [](auto& p) { p.lse = offset_bytes(static_cast<float*>(const_cast<void*>(p.k_cache)), 1024); },
+       "lse must not overlap k_cache"},
+      {"lse on seqlens", [](auto& p) { p.lse = reinterpret_cast<float*>(const_cast<int32_t*>(p.cache_seqlens)); },
+       "lse must not overlap cache_seqlens"},
+      {"out on table", [](auto& p) { p.out = const_cast<int32_t*>(p.block_table); }, "out must not overlap block_table"},
+      {"o_accum aliases out", [](auto& p) { p.o_accum = static_cast<float*>(p.out); }, "o_accum must not overlap out"},
+      {"lse_accum in o_accum", [](auto& p) { p.lse_accum = p.o_accum + 64; }, "lse_accum must not overlap o_accum"},
+      {"o_accum on metadata", [](auto& p) { p.o_accum = reinterpret_cast<float*>(const_cast<int32_t*>(p.tile_scheduler_metadata)); },
+       "o_accum must not overlap tile_scheduler_metadata"},
+      {"lse_accum on splits", [](auto& p) { p.lse_accum = reinterpret_cast<float*>(const_cast<int32_t*>(p.num_splits)); },
+       "lse_accum must not overlap num_splits"},
   };
 }
 
@@ -268,6 +289,22 @@ TEST(Validation, LegalNonDenseLayoutsPass) {
     p.num_blocks = kBlocks / 2;  // same bytes
     EXPECT_NO_THROW(flashmla::validate(p));
   }
+}
+
+// Outputs right after the inputs they follow in one allocation are fine: the overlap check is
+// on the bytes each tensor spans, not on the allocation. Fake addresses only (past the end of
+// a real allocation the pointer-kind check would refuse them).
+TEST(Validation, AdjacentBuffersPass) {
+  if (device_present()) GTEST_SKIP() << "needs fake addresses";
+  MlaDecodeParams p = valid_params();
+  const int q_bytes = kBatch * kSeqQ * kHeadsQ * 576 * 2;
+  p.out = offset_bytes(const_cast<void*>(p.q), q_bytes);
+  p.lse = offset_bytes(static_cast<float*>(p.out), kBatch * kSeqQ * kHeadsQ * 512 * 2);
+  std::string why;
+  EXPECT_TRUE(flashmla::can_implement(p, &why)) << why;
+  p.out = offset_bytes(const_cast<void*>(p.q), q_bytes - 16);
+  EXPECT_FALSE(flashmla::can_implement(p, &why));
+  EXPECT_NE(why.find("out must not overlap q"), std::string::npos) << why;
 }
 
 TEST(Validation, HostPointerRefusedOnGpuMachines) {

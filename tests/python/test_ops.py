@@ -412,6 +412,8 @@ BAD_ARGS = {
     "head_dim_v": ("head_dim_v", lambda a: 576),
     "metadata shape": ("tile_scheduler_metadata", lambda a: a["tile_scheduler_metadata"][:, :4]),
     "num_splits shape": ("num_splits", lambda a: a["num_splits"][:-1]),
+    "q no heads": ("q", lambda a: a["q"][:, :, :0]),
+    "q no tokens": ("q", lambda a: a["q"][:, :0]),
 }
 
 
@@ -461,6 +463,52 @@ def test_metadata_bad_seqlens(bad):
     lens = {"dtype": lens.long(), "device": lens.cpu(), "rank": lens[None]}[bad]
     with pytest.raises(ValueError, match="cache_seqlens"):
         get_mla_metadata(lens, 16, 1)
+
+
+# ---------------------------------------------------------------------------------------
+# Metadata that does not belong to the call (a broken contract the host cannot see without a
+# sync): never a hang, a fault or a write out of bounds; sequences that cannot be merged are NaN.
+
+def test_metadata_of_longer_lengths_does_not_hang():
+    # Planned for 64000 tokens, run on 100: the parts past the end must walk nothing (the
+    # walk used to run past the sequence, with negative tile rows and a TMA byte count that
+    # never arrives). The answer is unspecified; the call returns and the GPU stays usable.
+    for h_q in (16, 128):
+        q, kv, table, lens = _case([64000], 1, h_q, 1)
+        meta, splits = get_mla_metadata(lens, h_q, 1)
+        flash_mla_with_kvcache(q, kv, table, torch.full_like(lens, 100), ref.HEAD_DIM_V, meta,
+                               splits, causal=True)
+        torch.cuda.synchronize()
+    out, lse = _run(q, kv, table, lens, causal=True)  # a correct call afterwards
+    _assert_matches(out, lse, q, kv, table, [64000], causal=True)
+
+
+@pytest.mark.parametrize("h_q", [16, 128])
+def test_metadata_of_an_empty_sequence_gives_nan(h_q):
+    # Sequence 0 was empty when planned (no pieces in num_splits) and has 50 tokens now: its
+    # output is NaN (not zeros that look like an empty sequence); sequence 1 is unaffected.
+    q, kv, table, lens = _case([50, 100], 1, h_q, 1)
+    meta, splits = get_mla_metadata(torch.tensor([0, 100], dtype=torch.int32, device="cuda"), h_q, 1)
+    out, lse = flash_mla_with_kvcache(q, kv, table, lens, ref.HEAD_DIM_V, meta, splits, causal=True)
+    assert torch.isnan(out[0]).all() and torch.isnan(lse[0]).all()
+    _assert_matches(out[1:], lse[1:], q[1:], kv, table[1:], [100], causal=True)
+
+
+def test_num_splits_of_another_call_stays_in_bounds():
+    # num_splits planned for 132 parts with metadata (and workspace) for 66: piece indices
+    # point past the workspace. Nothing is written or read out of bounds (a later correct call
+    # still matches), and the unmergeable sequences come out as NaN.
+    seqlens = [4000] * 8
+    q, kv, table, lens = _case(seqlens, 1, 128, 1)
+    meta, _ = get_mla_metadata(lens, 128, 1)
+    _, splits = get_mla_metadata(lens, 16, 1)
+    if meta.shape[0] == get_mla_metadata(lens, 16, 1)[0].shape[0]:
+        pytest.skip("both calls plan the same number of parts on this GPU")
+    out, lse = flash_mla_with_kvcache(q, kv, table, lens, ref.HEAD_DIM_V, meta, splits, causal=True)
+    torch.cuda.synchronize()
+    assert torch.isnan(out[-1]).all()  # the last sequence's pieces lie past the workspace
+    out, lse = _run(q, kv, table, lens, causal=True)
+    _assert_matches(out, lse, q, kv, table, seqlens, causal=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -515,6 +563,12 @@ def test_fp8_quantize_matches_reference_bit_for_bit():
     wide[:, :ref.HEAD_DIM] = rows
     count, first = _differences(flash_mla.quantize_kv_fp8(wide[:, :ref.HEAD_DIM]), want)
     assert count == 0, f"strided input: {count} bytes differ, first: {first}"
+    # A view strided in its last dim (every other element of a [n, 1152] buffer) is read by
+    # value, not as contiguous bytes.
+    pairs = torch.full((n, 2 * ref.HEAD_DIM), float("nan"), dtype=torch.bfloat16, device="cuda")
+    pairs[:, ::2] = rows
+    count, first = _differences(flash_mla.quantize_kv_fp8(pairs[:, ::2]), want)
+    assert count == 0, f"last-dim stride 2: {count} bytes differ, first: {first}"
     # The oracle run on the GPU (as make_fp8_kv_cache does for the decode tests) agrees too.
     count, first = _differences(ref.quantize_fp8_reference(rows), want)
     assert count == 0, f"reference on cuda vs cpu: {count} bytes differ, first: {first}"
