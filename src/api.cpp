@@ -5,8 +5,11 @@
 // caller must guarantee 0 <= cache_seqlens[i] <= max_blocks_per_seq * page_block_size, that
 // every block_table entry covering a live token is in [0, num_blocks), and that
 // tile_scheduler_metadata and num_splits come from one get_mla_metadata call on these same
-// cache_seqlens. The kernels only keep a broken metadata contract from hanging or writing out
-// of bounds (the combine then writes NaN for the sequences it cannot merge). The sizes of
+// cache_seqlens. The kernels only keep a broken contract from hanging or reading or writing
+// out of bounds: a length outside [0, max_blocks_per_seq * page_block_size] is cut to the
+// table row and its sequence's output is NaN, as is a sequence that a mismatched metadata pair
+// leaves unmergeable. Page ids are not checked (TMA reads an out-of-range page as zeros; the
+// cp.async gather of pages below 16 tokens would fault). The sizes of
 // o_accum / lse_accum are not part of MlaDecodeParams either: allocate at least
 // o_accum_elems() / lse_accum_elems() for the same batch, num_sm_parts and heads.
 #include <algorithm>

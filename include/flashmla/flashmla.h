@@ -83,7 +83,7 @@ struct MlaDecodeParams {
 
   const int32_t* block_table = nullptr;  // [b, max_blocks_per_seq], page ids in [0, num_blocks)
   int64_t block_table_batch_stride = 0;
-  const int32_t* cache_seqlens = nullptr;  // [b], each in [0, max_blocks_per_seq * page]
+  const int32_t* cache_seqlens = nullptr;  // [b], each in [0, max_blocks_per_seq * page] (else NaN out)
 
   void* out = nullptr;                // [b, s_q, h_q, dv]
   int64_t o_batch_stride = 0;

@@ -57,6 +57,23 @@ struct PartWalk {
   __device__ int hi(int i, int nblocks) const { return i == batch_end ? min(block_end, nblocks) : nblocks; }
 };
 
+// Tokens the block_table row of a sequence can hold.
+__device__ __forceinline__ int64_t table_capacity(const MlaDecodeParams& p) {
+  return static_cast<int64_t>(p.max_blocks_per_seq) * p.page_block_size;
+}
+// cache_seqlens[i] longer than its block_table row (a broken caller contract): the pages past
+// the row are another sequence's or past the table.
+__device__ __forceinline__ bool seqlen_over_table(const MlaDecodeParams& p, int i) {
+  return p.cache_seqlens[i] > table_capacity(p);
+}
+// The length every kernel uses for sequence i: cache_seqlens[i], cut to what its table row
+// holds so that no page id is read past the row. An over-long sequence's output is NaN
+// (write_output, the combine) rather than anything computed from the cut.
+__device__ __forceinline__ int kernel_seqlen(const MlaDecodeParams& p, int i) {
+  const int L = p.cache_seqlens[i];
+  return L > table_capacity(p) ? static_cast<int>(table_capacity(p)) : L;
+}
+
 // Split slot `split` of a sequence whose pieces are num_splits[i] = first .. first + n_splits:
 // inside them and inside the workspace (batch + num_sm_parts slots). Only num_splits from
 // another call than the metadata (a misuse) fails it; its partial is then not written, and
@@ -88,7 +105,7 @@ struct TileCursor {
  private:
   __device__ void settle(const MlaDecodeParams& p, const PartWalk& walk) {  // skip empty pieces
     for (; valid(p, walk); ++i) {
-      seqlen = p.cache_seqlens[i];
+      seqlen = kernel_seqlen(p, i);
       blk = walk.lo(i);
       end = walk.hi(i, num_kv_blocks(seqlen));
       if (blk < end) return;
@@ -241,10 +258,11 @@ __device__ __forceinline__ void write_output(const MlaDecodeParams& p, SharedSto
   math_sync(MathBarrier::kRowSumPublished);
   const float tot0 = s.row_sum[0][row0] + s.row_sum[1][row0];
   const float tot1 = s.row_sum[0][row1] + s.row_sum[1][row1];
-  const float inv0 = tot0 > 0.f ? 1.f / tot0 : 0.f;
-  const float inv1 = tot1 > 0.f ? 1.f / tot1 : 0.f;
-  const float lse2_0 = tot0 > 0.f ? m0 + __log2f(tot0) : -INFINITY;
-  const float lse2_1 = tot1 > 0.f ? m1 + __log2f(tot1) : -INFINITY;
+  const bool over = seqlen_over_table(p, i);  // NaN out, lse (and partials)
+  const float inv0 = over ? NAN : tot0 > 0.f ? 1.f / tot0 : 0.f;
+  const float inv1 = over ? NAN : tot1 > 0.f ? 1.f / tot1 : 0.f;
+  const float lse2_0 = over ? NAN : tot0 > 0.f ? m0 + __log2f(tot0) : -INFINITY;
+  const float lse2_1 = over ? NAN : tot1 > 0.f ? m1 + __log2f(tot1) : -INFINITY;
 
   const int first = p.num_splits[i];
   const int n_splits = p.num_splits[i + 1] - first;

@@ -57,7 +57,7 @@ __device__ __forceinline__ void math_pingpong(const MlaDecodeParams& p, SharedSt
     const bool early = i == walk.batch_begin;
     const auto issue_q = [&] { load_q<kBlockM, kMathThreads>(p, s.q[0], i, kv_head, m_tile * kBlockM, math_tid); };
     if (early) issue_q();
-    const int seqlen = uniform(p.cache_seqlens[i]);
+    const int seqlen = uniform(kernel_seqlen(p, i));
     const int lo = uniform(walk.lo(i)), hi = uniform(walk.hi(i, num_kv_blocks(seqlen)));
     if (lo >= hi) {
       cp_async_wait_all();  // sQ is written again by the next piece

@@ -267,7 +267,7 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
   RingPos pos;
   int n = 0;  // tiles of the part so far: P buffer n % 2, red_max and red_smax buffer too
   for (int i = walk.batch_begin; i <= walk.batch_end && i < p.batch; ++i) {
-    const int seqlen = small_uniform(p.cache_seqlens[i]);
+    const int seqlen = small_uniform(kernel_seqlen(p, i));
     const int lo = small_uniform(walk.lo(i)), hi = small_uniform(walk.hi(i, num_kv_blocks(seqlen)));
     if (lo >= hi) continue;
     int limit[4];
@@ -563,7 +563,7 @@ __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStor
   // Tiles in the part: the last two hand their P buffer back to no one.
   int tiles = 0;
   for (int i = walk.batch_begin; i <= walk.batch_end && i < p.batch; ++i) {
-    const int seqlen = small_uniform(p.cache_seqlens[i]);
+    const int seqlen = small_uniform(kernel_seqlen(p, i));
     tiles += max(0, small_uniform(walk.hi(i, num_kv_blocks(seqlen))) - small_uniform(walk.lo(i)));
   }
   // Row r of this thread's m64 O^T fragment (r = 0: tok0, 1: tok1) in block j is dim 64 j + .. :
@@ -574,7 +574,7 @@ __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStor
   RingPos pos;
   int n = 0;
   for (int i = walk.batch_begin; i <= walk.batch_end && i < p.batch; ++i) {
-    const int seqlen = small_uniform(p.cache_seqlens[i]);
+    const int seqlen = small_uniform(kernel_seqlen(p, i));
     const int lo = small_uniform(walk.lo(i)), hi = small_uniform(walk.hi(i, num_kv_blocks(seqlen)));
     if (lo >= hi) continue;
 
@@ -660,8 +660,9 @@ __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStor
       const int r = f.col(ci);
       if (r >= rows) continue;
       const float tot = fin_sum[ci];
-      const float inv = tot > 0.f ? 1.f / tot : 0.f;
-      const float lse2 = tot > 0.f ? fin_max[ci] + __log2f(tot) : -INFINITY;
+      const bool over = seqlen_over_table(p, i);  // NaN out, lse (and partials)
+      const float inv = over ? NAN : tot > 0.f ? 1.f / tot : 0.f;
+      const float lse2 = over ? NAN : tot > 0.f ? fin_max[ci] + __log2f(tot) : -INFINITY;
       const int sq = r / heads_per_kv, h = kv_head * heads_per_kv + r % heads_per_kv;
       const int r0 = SmallFragment::reg(ci), r1 = r0 + 2;
       if (n_splits == 1) {

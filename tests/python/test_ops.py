@@ -494,6 +494,20 @@ def test_metadata_of_an_empty_sequence_gives_nan(h_q):
     _assert_matches(out[1:], lse[1:], q[1:], kv, table[1:], [100], causal=True)
 
 
+@pytest.mark.parametrize("h_q", [16, 128])
+def test_lengths_outside_the_table_give_nan(h_q):
+    # Sequence 1 claims more tokens than its block_table row holds (the row's last entries
+    # would be read past the row), sequence 2 a negative length: both NaN, computed from the
+    # table's pages only; sequence 0 is unaffected. The metadata matches these lengths.
+    q, kv, table, lens = _case([300, 5000, 70], 1, h_q, 1)
+    capacity = table.shape[1] * ref.PAGE
+    bad = torch.tensor([300, capacity + 1, -7], dtype=torch.int32, device="cuda")
+    meta, splits = get_mla_metadata(bad, h_q, 1)
+    out, lse = flash_mla_with_kvcache(q, kv, table, bad, ref.HEAD_DIM_V, meta, splits, causal=True)
+    assert torch.isnan(out[1:]).all() and torch.isnan(lse[1:]).all()
+    _assert_matches(out[:1], lse[:1], q[:1], kv, table[:1], [300], causal=True)
+
+
 def test_num_splits_of_another_call_stays_in_bounds():
     # num_splits planned for 132 parts with metadata (and workspace) for 66: piece indices
     # point past the workspace. Nothing is written or read out of bounds (a later correct call
