@@ -8,8 +8,8 @@
 // cache_seqlens. The kernels only keep a broken contract from hanging or reading or writing
 // out of bounds: a length outside [0, max_blocks_per_seq * page_block_size] is cut to the
 // table row and its sequence's output is NaN, as is a sequence that a mismatched metadata pair
-// leaves unmergeable. Page ids are not checked (TMA reads an out-of-range page as zeros; the
-// cp.async gather of pages below 16 tokens would fault). The sizes of
+// leaves unmergeable. An out-of-range page id is read as zeros (TMA) or as page 0 (the cp.async
+// gather of pages below 16 tokens): a wrong answer for its sequence, not a fault. The sizes of
 // o_accum / lse_accum are not part of MlaDecodeParams either: allocate at least
 // o_accum_elems() / lse_accum_elems() for the same batch, num_sm_parts and heads.
 #include <algorithm>

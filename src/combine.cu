@@ -71,14 +71,17 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
 
   const int first = p.num_splits[b];
   int n = p.num_splits[b + 1] - first;
-  if (n == 1) return;  // the decode kernel wrote out and lse itself
+  const int seqlen = p.cache_seqlens[b];  // loaded beside num_splits: no extra round trip
   // A broken caller contract is reported as NaN rather than read out of the workspace's
-  // bounds or written as an empty sequence: num_splits from another call, cache_seqlens
-  // changed since get_mla_metadata, negative or longer than the block_table row. Block-uniform.
-  const int seqlen = p.cache_seqlens[b];
-  const bool broken = first < 0 || n < 0 || first + n > p.batch + p.num_sm_parts ||
-                      (n == 0 && seqlen != 0) || seqlen < 0 ||
+  // bounds or left as whatever the output held: num_splits from another call, cache_seqlens
+  // changed since get_mla_metadata (pieces but no tokens, or tokens but no pieces), negative
+  // or longer than the block_table row. Where a mismatch stays consistent with the lengths
+  // the result is unspecified. Block-uniform; int64 so garbage num_splits cannot wrap.
+  const bool broken = first < 0 || n < 0 ||
+                      static_cast<int64_t>(first) + n > static_cast<int64_t>(p.batch) + p.num_sm_parts ||
+                      (n > 0) != (seqlen > 0) || seqlen < 0 ||
                       seqlen > static_cast<int64_t>(p.max_blocks_per_seq) * p.page_block_size;
+  if (n == 1 && !broken) return;  // the decode kernel wrote out and lse itself
   if (broken) n = 0;
 
   auto* out = static_cast<T*>(p.out) + b * p.o_batch_stride + s * p.o_seq_stride +

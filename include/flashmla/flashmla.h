@@ -116,8 +116,10 @@ void get_mla_metadata(const int32_t* cache_seqlens, int batch, int rows_per_kv_h
                       int32_t* num_splits, cudaStream_t stream);
 
 // Checks every shape, stride, pointer and scalar, and that no output (out, lse, o_accum,
-// lse_accum) overlaps another buffer; throws Error naming the argument. seqlen_q * num_heads_q
-// is at most 65535 (the combine's grid).
+// lse_accum) overlaps another buffer; throws Error naming the argument. Overlap is judged on
+// each tensor's address range (first to last element), so interleaved layouts such as q and
+// out as column slices of one buffer are refused. seqlen_q * num_heads_q is at most 65535
+// (the combine's grid).
 void validate(const MlaDecodeParams& p);
 
 // Non-throwing form of validate: false and the reason in *why (if given).

@@ -74,7 +74,8 @@ def flash_mla_with_kvcache(
     The lengths, page ids and metadata live on the GPU and are not read on the host (no sync,
     graph-capturable), so the requirements above are the caller's. Broken ones cannot hang or
     read/write out of bounds: a sequence whose length is negative or longer than its table row,
-    or that a mismatched metadata pair cannot merge, comes out as NaN.
+    or that a mismatched metadata pair cannot merge, comes out as NaN (otherwise the result
+    of a mismatch is unspecified); an invalid page id reads as zeros (or page 0 below 16 tokens).
         softmax_scale: defaults to 1 / sqrt(576).
         causal: with s_q > 1, query i of a sequence of length L sees keys 0 .. L - s_q + i.
         is_fp8_kvcache: k_cache holds FP8-with-scale records (dequantized to bf16 on the fly).

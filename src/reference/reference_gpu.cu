@@ -45,7 +45,10 @@ __global__ void __launch_bounds__(kThreads) reference_kernel(const MlaDecodePara
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
 
-  const int seqlen = max(p.cache_seqlens[b], 0);
+  // Lengths cut to [0, the block_table row], as the kernels do (they write NaN past the row).
+  const int seqlen = static_cast<int>(
+      min(static_cast<int64_t>(max(p.cache_seqlens[b], 0)),
+          static_cast<int64_t>(p.max_blocks_per_seq) * p.page_block_size));
   int limit = seqlen;  // exclusive end of the keys this query row sees
   if (p.causal) limit = min(max(seqlen - p.seqlen_q + s + 1, 0), seqlen);
 

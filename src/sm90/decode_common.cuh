@@ -74,13 +74,21 @@ __device__ __forceinline__ int kernel_seqlen(const MlaDecodeParams& p, int i) {
   return L > table_capacity(p) ? static_cast<int>(table_capacity(p)) : L;
 }
 
+// A page id read by a cp.async gather (pages below 16 tokens): out-of-range ids (a broken
+// caller contract) read page 0 instead of faulting; TMA, for larger pages, reads them as zeros.
+__device__ __forceinline__ int gather_page(const MlaDecodeParams& p, int page) {
+  return static_cast<unsigned>(page) < static_cast<unsigned>(p.num_blocks) ? page : 0;
+}
+
 // Split slot `split` of a sequence whose pieces are num_splits[i] = first .. first + n_splits:
 // inside them and inside the workspace (batch + num_sm_parts slots). Only num_splits from
 // another call than the metadata (a misuse) fails it; its partial is then not written, and
 // the combine reports the sequence (NaN) instead of anything being written out of bounds.
 __device__ __forceinline__ bool partial_slot_ok(const MlaDecodeParams& p, int first, int n_splits,
-                                                int split) {
-  return split >= 0 && split < first + n_splits && split < p.batch + p.num_sm_parts;
+                                                int64_t split) {
+  // int64: garbage num_splits must not wrap past the bounds.
+  return split >= 0 && split < static_cast<int64_t>(first) + n_splits &&
+         split < static_cast<int64_t>(p.batch) + p.num_sm_parts;
 }
 
 // The tiles of a part in walk order, as a cursor: the producers' loop (the FP8 one also keeps
@@ -266,7 +274,7 @@ __device__ __forceinline__ void write_output(const MlaDecodeParams& p, SharedSto
 
   const int first = p.num_splits[i];
   const int n_splits = p.num_splits[i + 1] - first;
-  const int split = first + (i == walk.batch_begin ? walk.split_begin : 0);
+  const int64_t split = static_cast<int64_t>(first) + (i == walk.batch_begin ? walk.split_begin : 0);
   const bool partial_ok = partial_slot_ok(p, first, n_splits, split);
 #pragma unroll
   for (int half = 0; half < 2; ++half) {

@@ -72,7 +72,7 @@ __device__ __forceinline__ void producer_gather(const MlaDecodeParams& p, Shared
     const int seqlen = tile.seqlen;
     // Lane j < 16 looks up the page of the warp's j-th row, before the stage wait.
     const int my_tok = tile.blk * kBlockN + warp + kProducerWarps * (lane % kRowsPerWarp);
-    const int my_page = my_tok < seqlen ? __ldg(tile.table(p) + (my_tok >> page_shift)) : 0;
+    const int my_page = my_tok < seqlen ? gather_page(p, __ldg(tile.table(p) + (my_tok >> page_shift))) : 0;
     // The whole stage: splitting each row's copy by the two warpgroups' releases (as the TMA
     // producer does) measured 10-20% slower at page 1 (docs/perf-log.md v12).
     wait_stage_free(s, iter);
@@ -268,7 +268,7 @@ __device__ __forceinline__ void producer_fp8(const MlaDecodeParams& p, const KvM
     const int row = opaque(row0);
     // Rows past the sequence end are left stale: sanitize_tail zeroes them.
     const int tok = tile.blk * kBlockN + row;
-    const int page = tok < tile.seqlen ? __ldg(tile.table(p) + (tok >> page_shift)) : 0;
+    const int page = tok < tile.seqlen ? gather_page(p, __ldg(tile.table(p) + (tok >> page_shift))) : 0;
     wait_stage_free(s, iter);
     if (tok < tile.seqlen) {
       const uint8_t* rec = cache + kv_record_offset(p, page, tok, kv_head);

@@ -107,7 +107,7 @@ __device__ __forceinline__ void small_gather_16bit(const MlaDecodeParams& p, Sma
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int row = row0 + 16 * j, tok = tile.blk * kBlockN + row;
-      const int page = row < live ? __ldg(tile.table(p) + (tok >> page_shift)) : 0;
+      const int page = row < live ? gather_page(p, __ldg(tile.table(p) + (tok >> page_shift))) : 0;
       src[j] = k_cache + kv_record_offset(p, page, tok, kv_head) + chunk * 8;
     }
 #pragma unroll 1
@@ -653,7 +653,7 @@ __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStor
     // Epilogue: normalise, write O (or the split partial).
     const int first = p.num_splits[i];
     const int n_splits = p.num_splits[i + 1] - first;
-    const int split = first + (i == walk.batch_begin ? walk.split_begin : 0);
+    const int64_t split = static_cast<int64_t>(first) + (i == walk.batch_begin ? walk.split_begin : 0);
     const bool partial_ok = partial_slot_ok(p, first, n_splits, split);
 #pragma unroll
     for (int ci = 0; ci < kCols; ++ci) {
