@@ -4,7 +4,8 @@
 # (1) A/B at 128+ rows: head, warm (s15-warm_l2.patch: one L2 bulk prefetch of the next tile by
 #     query tile 0's producer), pfall (warm also at one query tile), pf2 (two tiles ahead),
 #     clusteronly (HEAD as 2-CTA clusters, prints max active clusters), paired (s14-paired),
-#     pairedpf (paired + warm). (2) GPU tests of warm and pairedpf. (3) The full suite: on warm
+#     pairedpf (paired + warm), erel (WG0 releases stage a before waiting for P_b; timing only
+#     here, test_gpu_erel is built). (2) GPU tests of warm and pairedpf. (3) The full suite: on warm
 #     (its core and test binary copied over build/) if warm wins h128 s8k by > 3%, else on HEAD.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -15,7 +16,7 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,driver_version --format=csv,
 CFGS=(--config 128,8192,128,1,1 --config 128,16384,128,2,1 --config 128,8192,128,2,1 --config 128,8192,64,1,1 --regime b1_64k_h128 --regime skew_b64)
 echo "== A/B $(el)"
 for rep in 1 2; do
-  for b in ./build/bench_decode build/exp/bench_warm build/exp/bench_pfall build/exp/bench_pf2 build/exp/bench_clusteronly build/exp/bench_paired build/exp/bench_pairedpf; do
+  for b in ./build/bench_decode build/exp/bench_warm build/exp/bench_pfall build/exp/bench_pf2 build/exp/bench_clusteronly build/exp/bench_paired build/exp/bench_pairedpf build/exp/bench_erel; do
     tag=$(basename $b)
     timeout 40 $b --no-matrix "${CFGS[@]}" --json $R/ab_${tag}_r$rep.json > $R/ab_${tag}_r$rep.log 2>&1; echo $tag rc=$? $(el)
   done
