@@ -4,8 +4,7 @@
 # (1) A/B at 128+ rows: head, warm (s15-warm_l2.patch: one L2 bulk prefetch of the next tile by
 #     query tile 0's producer), pfall (warm also at one query tile), pf2 (two tiles ahead),
 #     clusteronly (HEAD as 2-CTA clusters, prints max active clusters), paired (s14-paired),
-#     pairedpf (paired + warm), erel (WG0 releases stage a before waiting for P_b; timing only
-#     here, test_gpu_erel is built). (2) GPU tests of warm and pairedpf. (3) The full suite: on warm
+#     pairedpf (paired + warm), erel (WG0 releases stage a before waiting for P_b; timing only). (2) GPU tests of warm and pairedpf. (3) The full suite: on warm
 #     (its core and test binary copied over build/) if warm wins h128 s8k by > 3%, else on HEAD.
 set -o pipefail
 export PYTHONUNBUFFERED=1
