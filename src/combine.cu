@@ -88,7 +88,6 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
               h * p.o_head_stride + col;
   float* lse = p.lse + (static_cast<int64_t>(b) * p.num_heads_q + h) * p.seqlen_q + s;
 
-
   // Partial i of this row sits at index (first + i) * h_kv * rows + row.
   const int64_t split_stride = static_cast<int64_t>(p.num_heads_kv) * rows;
   const float* lse2 = p.lse_accum + first * split_stride + row;
