@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,driver_version --format=csv,
 CFGS=(--config 128,8192,128,1,1 --config 128,16384,128,2,1 --config 128,8192,128,2,1 --config 128,8192,64,1,1 --regime b1_64k_h128 --regime skew_b64)
 echo "== A/B $(el)"
 for rep in 1 2; do
-  for b in ./build/bench_decode build/exp/bench_warm build/exp/bench_pfall build/exp/bench_pf2 build/exp/bench_clusteronly build/exp/bench_paired build/exp/bench_pairedpf build/exp/bench_erel; do
+  for b in ./build/bench_decode build/exp1/bench_warm build/exp1/bench_pfall build/exp1/bench_pf2 build/exp1/bench_clusteronly build/exp1/bench_paired build/exp1/bench_pairedpf build/exp1/bench_erel; do
     tag=$(basename $b)
     timeout 40 $b --no-matrix "${CFGS[@]}" --json $R/ab_${tag}_r$rep.json > $R/ab_${tag}_r$rep.log 2>&1; echo $tag rc=$? $(el)
   done
@@ -46,16 +46,16 @@ if k:
 PY
 if [ "$(cat $R/warm_wins 2>/dev/null)" != 1 ]; then  # otherwise the suite runs it
   echo "== test_gpu_warm $(el)"
-  timeout 90 build/exp/test_gpu_warm > $R/test_gpu_warm.log 2>&1; echo rc=$?
+  timeout 90 build/exp1/test_gpu_warm > $R/test_gpu_warm.log 2>&1; echo rc=$?
   grep -E "^\[  (PASSED|FAILED) |FAILED  \]" $R/test_gpu_warm.log | head
 fi
 echo "== test_gpu_pairedpf $(el)"
-timeout 90 build/exp/test_gpu_pairedpf > $R/test_gpu_pairedpf.log 2>&1; echo rc=$?
+timeout 90 build/exp1/test_gpu_pairedpf > $R/test_gpu_pairedpf.log 2>&1; echo rc=$?
 grep -E "^\[  (PASSED|FAILED) |FAILED  \]" $R/test_gpu_pairedpf.log | head
 # The suite always runs: HEAD (0393d01) has device-side guards no GPU has run yet.
 if [ "$(cat $R/warm_wins 2>/dev/null)" = 1 ]; then
   echo "== suite on warm (HEAD + s15-warm_l2.patch) $(el)"
-  cp build/exp/libflashmla_warm.a build/libflashmla.a && cp build/exp/test_gpu_warm build/test_gpu
+  cp build/exp1/libflashmla_warm.a build/libflashmla.a && cp build/exp1/test_gpu_warm build/test_gpu
 else
   echo "== suite on HEAD $(el)"
 fi
