@@ -167,23 +167,16 @@ struct Span {
   int64_t bytes;
 };
 
-bool overlap(const Span& a, const Span& b) {
-  const auto a0 = reinterpret_cast<uintptr_t>(a.begin), b0 = reinterpret_cast<uintptr_t>(b.begin);
-  return a0 < b0 + static_cast<uintptr_t>(b.bytes) && b0 < a0 + static_cast<uintptr_t>(a.bytes);
-}
-
 // Every written buffer against every other one: the kernels read and write them concurrently,
 // so an output aliasing an input (or another output) gives a wrong answer, not an error.
 template <size_t W, size_t R>
 void require_disjoint(const Span (&written)[W], const Span (&read)[R]) {
   for (size_t i = 0; i < W; ++i) {
-    for (size_t j = i + 1; j < W; ++j) {
-      if (overlap(written[i], written[j]))
-        throw Error(std::string(written[j].name) + " must not overlap " + written[i].name);
-    }
-    for (const Span& r : read) {
-      if (overlap(written[i], r)) throw Error(std::string(written[i].name) + " must not overlap " + r.name);
-    }
+    for (size_t j = i + 1; j < W; ++j)
+      detail::require_disjoint(written[i].name, written[i].begin, written[i].bytes,
+                               written[j].name, written[j].begin, written[j].bytes);
+    for (const Span& r : read)
+      detail::require_disjoint(r.name, r.begin, r.bytes, written[i].name, written[i].begin, written[i].bytes);
   }
 }
 

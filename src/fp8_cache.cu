@@ -150,15 +150,6 @@ void require_stride(const char* name, int64_t stride, int64_t min, int64_t unit,
                 " tokens, got " + std::to_string(stride));
 }
 
-// In-place or partially overlapping conversion would read bytes already overwritten.
-void require_disjoint(const char* src_name, const void* src, int64_t src_bytes,
-                      const char* dst_name, const void* dst, int64_t dst_bytes) {
-  const auto s = reinterpret_cast<uintptr_t>(src);
-  const auto d = reinterpret_cast<uintptr_t>(dst);
-  if (s < d + static_cast<uintptr_t>(dst_bytes) && d < s + static_cast<uintptr_t>(src_bytes))
-    throw Error(std::string(dst_name) + " must not overlap " + src_name);
-}
-
 struct Rows {
   const char* name;
   const void* ptr;
@@ -178,7 +169,8 @@ bool check_args(const Rows& src, const Rows& dst, int64_t n_tokens) {
     require_stride(r.stride_name, r.stride, r.row_bytes / r.elem_bytes, r.elem_bytes, n_tokens);
   }
   const auto span = [n_tokens](const Rows& r) { return (n_tokens - 1) * r.stride * r.elem_bytes + r.row_bytes; };
-  require_disjoint(src.name, src.ptr, span(src), dst.name, dst.ptr, span(dst));
+  // In-place or partially overlapping conversion would read bytes already overwritten.
+  detail::require_disjoint(src.name, src.ptr, span(src), dst.name, dst.ptr, span(dst));
   return true;
 }
 

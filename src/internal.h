@@ -4,11 +4,21 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
 #include <string>
 
 #include "flashmla/flashmla.h"
 
 namespace flashmla::detail {
+
+// Throws Error("<b_name> must not overlap <a_name>") when the byte ranges [a, a + a_bytes) and
+// [b, b + b_bytes) share a byte (the API's output checks and the FP8 converters').
+inline void require_disjoint(const char* a_name, const void* a, int64_t a_bytes,
+                             const char* b_name, const void* b, int64_t b_bytes) {
+  const auto a0 = reinterpret_cast<uintptr_t>(a), b0 = reinterpret_cast<uintptr_t>(b);
+  if (a0 < b0 + static_cast<uintptr_t>(b_bytes) && b0 < a0 + static_cast<uintptr_t>(a_bytes))
+    throw Error(std::string(b_name) + " must not overlap " + a_name);
+}
 
 // Throws flashmla::Error("<what>: <cuda error string>") when err != cudaSuccess.
 inline void check_cuda(cudaError_t err, const char* what) {
