@@ -128,6 +128,42 @@ void launch_small(const MlaDecodeParams& p, const sm90::KvMaps& maps, cudaStream
   check_cuda(cudaGetLastError(), "mla_decode_small_kernel launch");
 }
 
+// CTAs per thread-block cluster of the wide kernel: 2 when the query tiles of a (part, kv
+// head) come in pairs, the cache is 16-bit and read by TMA, else 1. The query tiles of a part
+// read the same KV tiles, and a cluster launch (no cluster feature is used: no multicast, no
+// remote barrier) starts a pair together on one GPC. Measured on the H100 (docs/perf-log.md,
+// session 16): -2 to -4% at h_q = 128 (s_q = 1, 2, 4; pages of 16 and 64), skew_b64 and
+// b1_64k_h128; the FP8 wide path is 1.5% slower so, and clusters of 4 (s_q = 2) 1.6x slower.
+// FLASHMLA_CLUSTER=1 turns it off (A/B). Also 1 if the device cannot hold such a cluster.
+template <typename T>
+int wide_cluster_size(const MlaDecodeParams& p, unsigned m_tiles) {
+  static const bool enabled = [] {
+    const char* e = std::getenv("FLASHMLA_CLUSTER");
+    return e == nullptr || std::string(e) != "1";
+  }();
+  static const bool fits = [] {
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(1, 1, 2);
+    cfg.blockDim = dim3(sm90::kThreads);
+    cfg.dynamicSmemBytes = sm90::kSmemBytes;
+    cudaLaunchAttribute attr{};
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = 1;
+    attr.val.clusterDim.y = 1;
+    attr.val.clusterDim.z = 2;
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, sm90::mla_decode_kernel<T>, &cfg) != cudaSuccess) {
+      (void)cudaGetLastError();  // not an error of the call: it only means no clusters
+      clusters = 0;
+    }
+    return clusters > 0;
+  }();
+  const bool tma16 = p.kv_format != KvFormat::kFP8WithScale && p.page_block_size >= sm90::kMinTmaPage;
+  return enabled && fits && tma16 && m_tiles % 2 == 0 ? 2 : 1;
+}
+
 }  // namespace decode_launch
 
 template <typename T>
@@ -160,8 +196,26 @@ void launch_decode(const MlaDecodeParams& p, cudaStream_t stream) {
   });
   const int rows = p.seqlen_q * (p.num_heads_q / p.num_heads_kv);
   const dim3 grid(p.num_sm_parts, p.num_heads_kv, (rows + sm90::kBlockM - 1) / sm90::kBlockM);
-  sm90::mla_decode_kernel<T><<<grid, sm90::kThreads, sm90::kSmemBytes, stream>>>(p, maps);
-  check_cuda(cudaGetLastError(), "mla_decode_kernel launch");
+  const int cluster = decode_launch::wide_cluster_size<T>(p, grid.z);
+  if (cluster == 1) {
+    sm90::mla_decode_kernel<T><<<grid, sm90::kThreads, sm90::kSmemBytes, stream>>>(p, maps);
+    check_cuda(cudaGetLastError(), "mla_decode_kernel launch");
+    return;
+  }
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(sm90::kThreads);
+  cfg.dynamicSmemBytes = sm90::kSmemBytes;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = 1;
+  attr.val.clusterDim.y = 1;
+  attr.val.clusterDim.z = static_cast<unsigned>(cluster);
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  check_cuda(cudaLaunchKernelEx(&cfg, sm90::mla_decode_kernel<T>, p, maps),
+             "mla_decode_kernel launch (query-tile clusters)");
 }
 
 }  // namespace flashmla::detail

@@ -1,0 +1,19 @@
+# A/B table of bench_decode JSON files named <prefix>_<tag>_r<rep>.json: one row per config,
+# one column per tag and repeat (decode_us).
+import json, sys, glob, re
+R, prefix = sys.argv[1], sys.argv[2]
+runs = {}
+for f in sorted(glob.glob(f"{R}/{prefix}_*_r*.json")):
+    m = re.match(rf".*/{prefix}_(.+)_r(\d+)\.json", f)
+    tag = m.group(1) + "." + m.group(2)
+    try:
+        res = json.load(open(f))["results"]
+    except Exception as e:
+        print(f, e); continue
+    for r in res:
+        k = "%s %s b%d h%d sq%d sk%d p%d" % (r["regime"][:12], r["kv"], r["b"], r["h_q"], r["s_q"], r["sum_sk"] // r["b"], r["page"])
+        runs.setdefault(k, {})[tag] = r["decode_us"]
+tags = sorted({t for v in runs.values() for t in v})
+print("config".ljust(44), " ".join(t[:10].rjust(10) for t in tags))
+for k, v in runs.items():
+    print(k[:44].ljust(44), " ".join(("%10.1f" % v[t]) if t in v else "         -" for t in tags))
