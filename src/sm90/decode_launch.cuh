@@ -128,6 +128,26 @@ void launch_small(const MlaDecodeParams& p, const sm90::KvMaps& maps, cudaStream
   check_cuda(cudaGetLastError(), "mla_decode_small_kernel launch");
 }
 
+// A launch of the wide kernel as clusters of `size` CTAs along z (its query tiles).
+struct ClusterLaunch {
+  cudaLaunchAttribute attr{};
+  cudaLaunchConfig_t cfg{};
+  ClusterLaunch(dim3 grid, unsigned size, cudaStream_t stream) {
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = 1;
+    attr.val.clusterDim.y = 1;
+    attr.val.clusterDim.z = size;
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(sm90::kThreads);
+    cfg.dynamicSmemBytes = sm90::kSmemBytes;
+    cfg.stream = stream;
+    cfg.attrs = &attr;  // points into this object: not copyable
+    cfg.numAttrs = 1;
+  }
+  ClusterLaunch(const ClusterLaunch&) = delete;
+  ClusterLaunch& operator=(const ClusterLaunch&) = delete;
+};
+
 // CTAs per thread-block cluster of the wide kernel: 2 when the query tiles of a (part, kv
 // head) come in pairs, the cache is 16-bit and read by TMA, else 1. The query tiles of a part
 // read the same KV tiles, and a cluster launch (no cluster feature is used: no multicast, no
@@ -142,20 +162,11 @@ int wide_cluster_size(const MlaDecodeParams& p, unsigned m_tiles) {
     return e == nullptr || std::string(e) != "1";
   }();
   static const bool fits = [] {
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3(1, 1, 2);
-    cfg.blockDim = dim3(sm90::kThreads);
-    cfg.dynamicSmemBytes = sm90::kSmemBytes;
-    cudaLaunchAttribute attr{};
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = 1;
-    attr.val.clusterDim.y = 1;
-    attr.val.clusterDim.z = 2;
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
+    const ClusterLaunch launch(dim3(1, 1, 2), 2, nullptr);
     int clusters = 0;
-    if (cudaOccupancyMaxActiveClusters(&clusters, sm90::mla_decode_kernel<T>, &cfg) != cudaSuccess) {
-      (void)cudaGetLastError();  // not an error of the call: it only means no clusters
+    if (cudaOccupancyMaxActiveClusters(&clusters, sm90::mla_decode_kernel<T>, &launch.cfg) !=
+        cudaSuccess) {
+      (void)cudaGetLastError();  // clear what the query set: no clusters is no launch error
       clusters = 0;
     }
     return clusters > 0;
@@ -202,19 +213,8 @@ void launch_decode(const MlaDecodeParams& p, cudaStream_t stream) {
     check_cuda(cudaGetLastError(), "mla_decode_kernel launch");
     return;
   }
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(sm90::kThreads);
-  cfg.dynamicSmemBytes = sm90::kSmemBytes;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = 1;
-  attr.val.clusterDim.y = 1;
-  attr.val.clusterDim.z = static_cast<unsigned>(cluster);
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  check_cuda(cudaLaunchKernelEx(&cfg, sm90::mla_decode_kernel<T>, p, maps),
+  const decode_launch::ClusterLaunch launch(grid, static_cast<unsigned>(cluster), stream);
+  check_cuda(cudaLaunchKernelEx(&launch.cfg, sm90::mla_decode_kernel<T>, p, maps),
              "mla_decode_kernel launch (query-tile clusters)");
 }
 
