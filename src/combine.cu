@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "internal.h"
+#include "seqlen.cuh"
 
 namespace flashmla::detail {
 namespace {
@@ -80,7 +81,7 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
   const bool broken = first < 0 || n < 0 ||
                       static_cast<int64_t>(first) + n > static_cast<int64_t>(p.batch) + p.num_sm_parts ||
                       (n > 0) != (seqlen > 0) || seqlen < 0 ||
-                      seqlen > static_cast<int64_t>(p.max_blocks_per_seq) * p.page_block_size;
+                      seqlen > table_capacity(p);
   if (n == 1 && !broken) return;  // the decode kernel wrote out and lse itself
   if (broken) n = 0;
 

@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "internal.h"
+#include "seqlen.cuh"
 
 namespace flashmla::detail {
 namespace {
@@ -46,9 +47,7 @@ __global__ void __launch_bounds__(kThreads) reference_kernel(const MlaDecodePara
   const int lane = threadIdx.x % 32;
 
   // Lengths cut to [0, the block_table row], as the kernels do (they write NaN past the row).
-  const int seqlen = static_cast<int>(
-      min(static_cast<int64_t>(max(p.cache_seqlens[b], 0)),
-          static_cast<int64_t>(p.max_blocks_per_seq) * p.page_block_size));
+  const int seqlen = max(kernel_seqlen(p, b), 0);
   int limit = seqlen;  // exclusive end of the keys this query row sees
   if (p.causal) limit = min(max(seqlen - p.seqlen_q + s + 1, 0), seqlen);
 

@@ -12,6 +12,7 @@
 #include "sm90/decode_config.h"
 #include "sm90/ptx.cuh"
 #include "element.cuh"
+#include "seqlen.cuh"
 
 namespace flashmla::sm90 {
 
@@ -56,23 +57,6 @@ struct PartWalk {
   // a tile's negative row count would overrun shared memory and wait forever on its TMA bytes.
   __device__ int hi(int i, int nblocks) const { return i == batch_end ? min(block_end, nblocks) : nblocks; }
 };
-
-// Tokens the block_table row of a sequence can hold.
-__device__ __forceinline__ int64_t table_capacity(const MlaDecodeParams& p) {
-  return static_cast<int64_t>(p.max_blocks_per_seq) * p.page_block_size;
-}
-// cache_seqlens[i] longer than its block_table row (a broken caller contract): the pages past
-// the row are another sequence's or past the table.
-__device__ __forceinline__ bool seqlen_over_table(const MlaDecodeParams& p, int i) {
-  return p.cache_seqlens[i] > table_capacity(p);
-}
-// The length every kernel uses for sequence i: cache_seqlens[i], cut to what its table row
-// holds so that no page id is read past the row. An over-long sequence's output is NaN
-// (write_output, the combine) rather than anything computed from the cut.
-__device__ __forceinline__ int kernel_seqlen(const MlaDecodeParams& p, int i) {
-  const int L = p.cache_seqlens[i];
-  return L > table_capacity(p) ? static_cast<int>(table_capacity(p)) : L;
-}
 
 // A page id read by a cp.async gather (pages below 16 tokens): out-of-range ids (a broken
 // caller contract) read page 0 instead of faulting; TMA, for larger pages, reads them as zeros.

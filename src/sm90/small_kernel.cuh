@@ -655,12 +655,12 @@ __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStor
     const int n_splits = p.num_splits[i + 1] - first;
     const int64_t split = static_cast<int64_t>(first) + (i == walk.batch_begin ? walk.split_begin : 0);
     const bool partial_ok = partial_slot_ok(p, first, n_splits, split);
+    const bool over = seqlen_over_table(p, i);  // NaN out, lse (and partials)
 #pragma unroll
     for (int ci = 0; ci < kCols; ++ci) {
       const int r = f.col(ci);
       if (r >= rows) continue;
       const float tot = fin_sum[ci];
-      const bool over = seqlen_over_table(p, i);  // NaN out, lse (and partials)
       const float inv = over ? NAN : tot > 0.f ? 1.f / tot : 0.f;
       const float lse2 = over ? NAN : tot > 0.f ? fin_max[ci] + __log2f(tot) : -INFINITY;
       const int sq = r / heads_per_kv, h = kv_head * heads_per_kv + r % heads_per_kv;
