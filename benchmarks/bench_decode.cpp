@@ -381,7 +381,7 @@ Measurement run_config(const Config& c, int iters, int num_sms, size_t l2_bytes,
   DeviceBuffer<uint16_t> out(static_cast<size_t>(c.b) * c.s_q * c.h_q * flashmla::kHeadDimV);
   DeviceBuffer<float> lse(static_cast<size_t>(c.b) * c.h_q * c.s_q);
   DeviceBuffer<int32_t> meta(static_cast<size_t>(m.parts) * flashmla::kMetadataInts), splits(c.b + 1);
-  DeviceBuffer<float> o_accum(flashmla::o_accum_elems(c.b, m.parts, c.h_kv, pl.rows));
+  DeviceBuffer<uint16_t> o_accum(flashmla::o_accum_elems(c.b, m.parts, c.h_kv, pl.rows));
   DeviceBuffer<float> lse_accum(flashmla::lse_accum_elems(c.b, m.parts, c.h_kv, pl.rows));
 
   const std::vector<uint16_t> chunk = random_bf16(size_t(16) << 20, 1234);

@@ -279,7 +279,7 @@ void validate_schedule(const MlaDecodeParams& p, const ProblemSpans& problem) {
   const int rows = p.seqlen_q * (p.num_heads_q / p.num_heads_kv);
   const Span written[] = {
       problem.written[0], problem.written[1],
-      {"o_accum", p.o_accum, 4 * static_cast<int64_t>(o_accum_elems(p.batch, p.num_sm_parts, p.num_heads_kv, rows))},
+      {"o_accum", p.o_accum, 2 * static_cast<int64_t>(o_accum_elems(p.batch, p.num_sm_parts, p.num_heads_kv, rows))},
       {"lse_accum", p.lse_accum, 4 * static_cast<int64_t>(lse_accum_elems(p.batch, p.num_sm_parts, p.num_heads_kv, rows))}};
   const Span read[] = {problem.read[0], problem.read[1], problem.read[2], problem.read[3],
                        {"tile_scheduler_metadata", p.tile_scheduler_metadata, int64_t{4} * kMetadataInts * p.num_sm_parts},

@@ -92,7 +92,7 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
   // Partial i of this row sits at index (first + i) * h_kv * rows + row.
   const int64_t split_stride = static_cast<int64_t>(p.num_heads_kv) * rows;
   const float* lse2 = p.lse_accum + first * split_stride + row;
-  const float* o_part = p.o_accum + (first * split_stride + row) * kHeadDimV + col;
+  const T* o_part = static_cast<const T*>(p.o_accum) + (first * split_stride + row) * kHeadDimV + col;
 
   // Largest partial LSE (log2 domain); -inf when no piece saw a key, or when n == 0.
   // The LSEs of the first kMaxStagedSplits partials are read once, into registers: the max,
@@ -156,7 +156,10 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
         result[3] = use ? r.w : result[3];
       };
       auto partial = [&](int i) {
-        return *reinterpret_cast<const float4*>(o_part + (base + i) * split_stride * kHeadDimV);
+        const uint2 u = *reinterpret_cast<const uint2*>(o_part + (base + i) * split_stride * kHeadDimV);
+        const T* e = reinterpret_cast<const T*>(&u);
+        return make_float4(ElementOps<T>::to_float(e[0]), ElementOps<T>::to_float(e[1]),
+                           ElementOps<T>::to_float(e[2]), ElementOps<T>::to_float(e[3]));
       };
       constexpr int kInFlight = 8;
       constexpr int kStep = kChunks;

@@ -97,7 +97,10 @@ struct MlaDecodeParams {
   int num_sm_parts = 0;
   const int32_t* num_splits = nullptr;  // [b + 1], prefix sums of splits per sequence
 
-  float* o_accum = nullptr;    // [b + num_sm_parts, h_kv, rows, dv] split partial outputs
+  // [b + num_sm_parts, h_kv, rows, dv] split partial outputs, in out's dtype (16-bit): each
+  // is a normalised average of V rows, so it is within V's range, and half the bytes of fp32
+  // halve the split's workspace traffic (docs/perf-log.md session 17).
+  void* o_accum = nullptr;
   float* lse_accum = nullptr;  // [b + num_sm_parts, h_kv, rows] split partial LSEs (log2 domain)
 };
 
@@ -105,7 +108,8 @@ struct MlaDecodeParams {
 // (kv head, 64-row tile), so that the grid fills the machine once.
 int num_sm_parts(int num_sms, int rows_per_kv_head, int num_heads_kv);
 
-// Elements of o_accum and lse_accum that mla_decode needs for these shapes.
+// Elements of o_accum (16-bit, out's dtype) and lse_accum (float) that mla_decode needs for
+// these shapes.
 size_t o_accum_elems(int batch, int num_sm_parts, int num_heads_kv, int rows_per_kv_head);
 size_t lse_accum_elems(int batch, int num_sm_parts, int num_heads_kv, int rows_per_kv_head);
 

@@ -191,7 +191,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache_mla(
     lse_accum_elems = flashmla::lse_accum_elems(b, parts, kv_heads, rows);
   });
   const auto f32 = q.options().dtype(at::kFloat);
-  at::Tensor o_accum = at::empty({static_cast<int64_t>(o_accum_elems)}, f32);
+  at::Tensor o_accum = at::empty({static_cast<int64_t>(o_accum_elems)}, q.options());  // out's dtype
   at::Tensor lse_accum = at::empty({static_cast<int64_t>(lse_accum_elems)}, f32);
 
   flashmla::MlaDecodeParams p;
@@ -230,7 +230,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_kvcache_mla(
   p.tile_scheduler_metadata = tile_scheduler_metadata.data_ptr<int32_t>();
   p.num_sm_parts = parts;
   p.num_splits = num_splits.data_ptr<int32_t>();
-  p.o_accum = o_accum.data_ptr<float>();
+  p.o_accum = o_accum.data_ptr();
   p.lse_accum = lse_accum.data_ptr<float>();
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();

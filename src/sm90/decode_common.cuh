@@ -282,11 +282,11 @@ __device__ __forceinline__ void write_output(const MlaDecodeParams& p, SharedSto
       }
     } else if (partial_ok) {
       const int64_t idx = (static_cast<int64_t>(split) * p.num_heads_kv + kv_head) * rows + r;
-      float* oa = p.o_accum + idx * kHeadDimV + wg * kColsPerMathWG;
+      T* oa = static_cast<T*>(p.o_accum) + idx * kHeadDimV + wg * kColsPerMathWG;
 #pragma unroll
       for (int j = 0; j < 32; ++j) {
-        *reinterpret_cast<float2*>(oa + j * 8 + quad * 2) =
-            make_float2(o[j * 4 + half * 2] * inv, o[j * 4 + half * 2 + 1] * inv);
+        *reinterpret_cast<typename ElementOps<T>::Pair*>(oa + j * 8 + quad * 2) =
+            ElementOps<T>::pack(o[j * 4 + half * 2] * inv, o[j * 4 + half * 2 + 1] * inv);
       }
       if (wg == 0 && quad == 0) p.lse_accum[idx] = lse2;
     }

@@ -680,12 +680,12 @@ __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStor
         }
       } else if (partial_ok) {
         const int64_t idx = (static_cast<int64_t>(split) * p.num_heads_kv + kv_head) * rows + r;
-        float* oa = p.o_accum + idx * kHeadDimV;
+        T* oa = static_cast<T*>(p.o_accum) + idx * kHeadDimV;
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
           const float x = inv * fin_gmax[j / 2];
-          oa[64 * j + dim0] = o[j][r0] * x;
-          oa[64 * j + dim1] = o[j][r1] * x;
+          oa[64 * j + dim0] = ElementOps<T>::from_float(o[j][r0] * x);
+          oa[64 * j + dim1] = ElementOps<T>::from_float(o[j][r1] * x);
         }
         if (f.warp == 0 && f.g == 0) p.lse_accum[idx] = lse2;
       }

@@ -228,7 +228,8 @@ struct DeviceProblem {
 // Scheduler metadata and split workspace for one parts count.
 struct Schedule {
   DeviceBuffer<int32_t> meta, splits;
-  DeviceBuffer<float> o_accum, lse_accum;
+  DeviceBuffer<uint16_t> o_accum;  // out's 16-bit dtype
+  DeviceBuffer<float> lse_accum;
   int parts;
 
   Schedule(const Problem& h, int num_parts)

@@ -50,7 +50,7 @@ struct Buffers {
         size_t(kBatch) * 4,
         size_t(kParts) * flashmla::kMetadataInts * 4,
         size_t(kBatch + 1) * 4,
-        flashmla::o_accum_elems(kBatch, kParts, kHeadsKV, kRows) * 4,
+        flashmla::o_accum_elems(kBatch, kParts, kHeadsKV, kRows) * 2,
         flashmla::lse_accum_elems(kBatch, kParts, kHeadsKV, kRows) * 4,
     };
     void** slots[] = {&q, &k, &out, &lse, &table, &seqlens, &meta, &splits, &o_accum, &lse_accum};
@@ -102,7 +102,7 @@ MlaDecodeParams valid_params() {
   p.tile_scheduler_metadata = static_cast<const int32_t*>(buf.meta);
   p.num_sm_parts = kParts;
   p.num_splits = static_cast<const int32_t*>(buf.splits);
-  p.o_accum = static_cast<float*>(buf.o_accum);
+  p.o_accum = buf.o_accum;
   p.lse_accum = static_cast<float*>(buf.lse_accum);
   return p;
 }
@@ -196,9 +196,9 @@ std::vector<BadCase> bad_cases() {
       {"lse on seqlens", [](auto& p) { p.lse = reinterpret_cast<float*>(const_cast<int32_t*>(p.cache_seqlens)); },
        "lse must not overlap cache_seqlens"},
       {"out on table", [](auto& p) { p.out = const_cast<int32_t*>(p.block_table); }, "out must not overlap block_table"},
-      {"o_accum aliases out", [](auto& p) { p.o_accum = static_cast<float*>(p.out); }, "o_accum must not overlap out"},
-      {"lse_accum in o_accum", [](auto& p) { p.lse_accum = p.o_accum + 64; }, "lse_accum must not overlap o_accum"},
-      {"o_accum on metadata", [](auto& p) { p.o_accum = reinterpret_cast<float*>(const_cast<int32_t*>(p.tile_scheduler_metadata)); },
+      {"o_accum aliases out", [](auto& p) { p.o_accum = p.out; }, "o_accum must not overlap out"},
+      {"lse_accum in o_accum", [](auto& p) { p.lse_accum = static_cast<float*>(p.o_accum) + 64; }, "lse_accum must not overlap o_accum"},
+      {"o_accum on metadata", [](auto& p) { p.o_accum = const_cast<int32_t*>(p.tile_scheduler_metadata); },
        "o_accum must not overlap tile_scheduler_metadata"},
       {"lse_accum on splits", [](auto& p) { p.lse_accum = reinterpret_cast<float*>(const_cast<int32_t*>(p.num_splits)); },
        "lse_accum must not overlap num_splits"},
@@ -317,7 +317,7 @@ TEST(Validation, HostPointerRefusedOnGpuMachines) {
   EXPECT_FALSE(flashmla::can_implement(p, &why));
   EXPECT_NE(why.find("q must point to device"), std::string::npos) << why;
   p = valid_params();
-  p.o_accum = static_cast<float*>(host);
+  p.o_accum = host;
   EXPECT_FALSE(flashmla::can_implement(p, &why));
   EXPECT_NE(why.find("o_accum"), std::string::npos) << why;
   std::free(host);
