@@ -16,16 +16,21 @@ L_8192_128_2=10186:8346:3332:12068:9479:9722:8978:15042:12235:13570:7028:6301:38
 C=(--config 128,4096,16,1,1 --config 128,4096,64,1,1 --config 128,8192,128,1,1 --config 128,8192,128,2,1 --config 128,$L_8192_64_1,64,1,1 --config 128,$L_4096_64_1,64,1,1 --config 128,$L_4096_16_1,16,1,1 --config 128,$L_8192_128_2,128,2,1 --regime b1_8k_h16 --regime b1_64k_h128 --regime skew_b64 --regime quarter_empty_b16 --regime mtp4_b32 --regime b256_short --regime b1_128k_h16)
 F=(--fp8 --config 128,4096,16,1,1 --regime b1_8k_h16 --regime skew_b64 --regime b256_short --config 128,$L_4096_16_1,16,1,1)
 for rep in 1 2 3; do
-  for b in ./build/bench_decode build/exp3/bench_p16 build/exp3/bench_pdl build/exp3/bench_p16pdl; do
+  for b in build/exp3/bench_head build/exp3/bench_p16 build/exp3/bench_pdl build/exp3/bench_p16pdl; do
     tag=$(basename $b)
     timeout 90 $b --no-matrix "${C[@]}" --json $R/a_${tag}_r$rep.json > $R/a_${tag}_r$rep.log 2>&1; echo $tag rc=$? $(el)
     timeout 60 $b --no-matrix "${F[@]}" --json $R/f_${tag}_r$rep.json > $R/f_${tag}_r$rep.log 2>&1; echo fp8 $tag rc=$? $(el)
   done
 done
 for x in a f; do python3 build/exp3/ab_table.py $R $x; done | tee $R/ab_table.txt
-for v in p16 pdl; do
+for v in pdl; do
   timeout 150 build/exp3/test_gpu_$v > $R/test_gpu_$v.log 2>&1; echo $v tests rc=$? $(el)
   grep -E "^\[  (PASSED|FAILED) |FAILED  \]" $R/test_gpu_$v.log | head -5
 done
+# The suite on the p16 branch build (build/: o_accum in out's dtype, API and binding changed).
+timeout 60 ./build/test_fp8_cache > $R/fp8.log 2>&1; echo fp8 cache rc=$?; grep -E "^\[  (PASSED|FAILED) |FAILED  \]" $R/fp8.log | head -3
+left=$(( 585 - ($(date +%s)-t0) )); echo left=$left
+OUT=$R timeout $left bash benchmarks/device_suite.sh full > $R/suite.log 2>&1; echo suite rc=$?
+grep -E "^==|PASSED|FAILED|passed|failed" $R/suite.log | tail -12
 echo "== done $(el)"
 (cd $OUT && tar czf s17run3.tgz r3 && rm -rf r3)
