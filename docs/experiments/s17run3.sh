@@ -23,7 +23,7 @@ for rep in 1 2 3; do
   done
 done
 for x in a f; do python3 build/exp3/ab_table.py $R $x; done | tee $R/ab_table.txt
-for v in pdl; do
+for v in pdl p16pdl; do
   timeout 150 build/exp3/test_gpu_$v > $R/test_gpu_$v.log 2>&1; echo $v tests rc=$? $(el)
   grep -E "^\[  (PASSED|FAILED) |FAILED  \]" $R/test_gpu_$v.log | head -5
 done
