@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "internal.h"
+#include "sm90/ptx.cuh"
 #include "seqlen.cuh"
 
 namespace flashmla::detail {
@@ -83,6 +84,11 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
                       (n > 0) != (seqlen > 0) || seqlen < 0 ||
                       seqlen > table_capacity(p);
   if (n == 1 && !broken) return;  // the decode kernel wrote out and lse itself
+  // Launched as the decode's programmatic dependent: everything above was written before the
+  // decode started (metadata, lengths), so rows the decode finishes itself (every row of a
+  // whole-sequence plan) leave without waiting, on SMs the decode leaves idle; the rest wait
+  // here for the decode's partials.
+  sm90::griddep_wait();
   if (broken) n = 0;
 
   auto* out = static_cast<T*>(p.out) + b * p.o_batch_stride + s * p.o_seq_stride +
@@ -215,15 +221,20 @@ void launch_combine(const MlaDecodeParams& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(p.batch), static_cast<unsigned>(rows_all), chunks);
   dispatch_element(p.dtype, [&](auto element) {
     using T = decltype(element);
-    if (chunks == 16) {
-      combine_kernel<T, 16><<<grid, kThreads, 0, stream>>>(p);
-    } else if (chunks == 4) {
-      combine_kernel<T, 4><<<grid, kThreads, 0, stream>>>(p);
-    } else {
-      combine_kernel<T, 1><<<grid, kThreads, 0, stream>>>(p);
-    }
+    // A programmatic dependent launch of the decode kernel just queued (its CTAs trigger at
+    // entry): see griddep_wait() in combine_kernel.
+    cudaLaunchAttribute attr{};
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(kThreads);
+    cfg.stream = stream;
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    auto kernel = chunks == 16 ? combine_kernel<T, 16> : chunks == 4 ? combine_kernel<T, 4> : combine_kernel<T, 1>;
+    check_cuda(cudaLaunchKernelEx(&cfg, kernel, p), "combine_kernel launch");
   });
-  check_cuda(cudaGetLastError(), "combine_kernel launch");
 }
 
 }  // namespace flashmla::detail

@@ -14,6 +14,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     mla_decode_kernel(const __grid_constant__ MlaDecodeParams p,
                       const __grid_constant__ KvMaps maps) {
   extern __shared__ char smem_raw[];
+  griddep_launch_dependents();  // the combine's CTAs with nothing to merge exit under this grid
   // Rounded up by pointer arithmetic on the __shared__ array, not through an integer cast,
   // so the compiler keeps knowing it is shared memory (LDS/STS, 32-bit addresses) instead of
   // falling back to generic 64-bit loads and stores everywhere.

@@ -87,6 +87,15 @@ __device__ __forceinline__ void tma_prefetch_descriptor(const CUtensorMap* map) 
   asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
 }
 
+// ---- programmatic dependent launch (the combine after the decode) ------------------------
+// Lets the dependent grid (the combine, launched with programmatic stream serialization)
+// start before this grid ends; it must then griddep_wait() before reading what this grid writes.
+__device__ __forceinline__ void griddep_launch_dependents() {
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+// Blocks until the grids this one depends on have completed and their writes are visible.
+__device__ __forceinline__ void griddep_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+
 // ---- ordering ---------------------------------------------------------------------------
 // Generic-proxy shared-memory writes (zeroing, Q and P stores) must be fenced before the
 // async proxy (wgmma operand reads) may see them.

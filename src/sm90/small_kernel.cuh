@@ -702,6 +702,7 @@ __global__ void __launch_bounds__(kSmallThreads, 1)
     mla_decode_small_kernel(const __grid_constant__ MlaDecodeParams p,
                             const __grid_constant__ KvMaps maps) {
   extern __shared__ char smem_raw[];
+  griddep_launch_dependents();  // the combine's CTAs with nothing to merge exit under this grid
   const uint32_t pad = (1024u - (smem_addr(smem_raw) & 1023u)) & 1023u;  // as mla_decode_kernel
   auto& s = *reinterpret_cast<SmallStorage*>(smem_raw + pad);
   const PartWalk walk(p.tile_scheduler_metadata + blockIdx.x * kMetadataInts);
