@@ -23,11 +23,11 @@ for rep in 1 2 3; do
   done
 done
 for x in a f; do python3 build/exp3/ab_table.py $R $x; done | tee $R/ab_table.txt
-for v in pdl p16pdl; do
+for v in pdl p16br; do
   timeout 150 build/exp3/test_gpu_$v > $R/test_gpu_$v.log 2>&1; echo $v tests rc=$? $(el)
   grep -E "^\[  (PASSED|FAILED) |FAILED  \]" $R/test_gpu_$v.log | head -5
 done
-# The suite on the p16 branch build (build/: o_accum in out's dtype, API and binding changed).
+# The suite on the pdl branch build (build/: p16 and pdl as landed, o_accum in out's dtype).
 timeout 60 ./build/test_fp8_cache > $R/fp8.log 2>&1; echo fp8 cache rc=$?; grep -E "^\[  (PASSED|FAILED) |FAILED  \]" $R/fp8.log | head -3
 left=$(( 585 - ($(date +%s)-t0) )); echo left=$left
 OUT=$R timeout $left bash benchmarks/device_suite.sh full > $R/suite.log 2>&1; echo suite rc=$?
