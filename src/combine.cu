@@ -84,10 +84,10 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
                       (n > 0) != (seqlen > 0) || seqlen < 0 ||
                       seqlen > table_capacity(p);
   if (n == 1 && !broken) return;  // the decode kernel wrote out and lse itself
-  // Launched as the decode's programmatic dependent: everything above was written before the
-  // decode started (metadata, lengths), so rows the decode finishes itself (every row of a
-  // whole-sequence plan) leave without waiting, on SMs the decode leaves idle; the rest wait
-  // here for the decode's partials.
+  // Launched as the decode's programmatic dependent (one chunk): everything above was written
+  // before the decode started (metadata, lengths), so rows the decode finishes itself (every
+  // row of a whole-sequence plan) leave without waiting, on SMs the decode leaves idle; the
+  // rest wait here for the decode's partials. Without the launch attribute this returns at once.
   sm90::griddep_wait();
   if (broken) n = 0;
 
@@ -221,11 +221,15 @@ void launch_combine(const MlaDecodeParams& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(p.batch), static_cast<unsigned>(rows_all), chunks);
   dispatch_element(p.dtype, [&](auto element) {
     using T = decltype(element);
-    // A programmatic dependent launch of the decode kernel just queued (its CTAs trigger at
-    // entry): see griddep_wait() in combine_kernel.
+    // With few pieces per sequence (one chunk), a programmatic dependent launch of the decode
+    // kernel just queued (its CTAs trigger at entry, see griddep_wait() in combine_kernel):
+    // most rows have one piece and their CTAs exit while the decode runs (b256_short -1.3%,
+    // skew_b64 -2.2%, b=128 h64 s4k -2.8%). Split many ways, every row has partials to merge,
+    // and CTAs launched early pile up on the first SMs the decode frees instead of spreading
+    // over the machine: +1.2 to +2.1 us at b = 1 with long contexts (perf-log session 17).
     cudaLaunchAttribute attr{};
     attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
+    attr.val.programmaticStreamSerializationAllowed = chunks == 1;
     cudaLaunchConfig_t cfg{};
     cfg.gridDim = grid;
     cfg.blockDim = dim3(kThreads);
