@@ -684,13 +684,8 @@ __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStor
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
           const float x = inv * fin_gmax[j / 2];
-          if constexpr (kFp8) {  // dims 2g, 2g + 1: one 4-byte store (the workspace is aligned)
-            *reinterpret_cast<typename ElementOps<T>::Pair*>(oa + 64 * j + dim0) =
-                ElementOps<T>::pack(o[j][r0] * x, o[j][r1] * x);
-          } else {
-            oa[64 * j + dim0] = ElementOps<T>::from_float(o[j][r0] * x);
-            oa[64 * j + dim1] = ElementOps<T>::from_float(o[j][r1] * x);
-          }
+          oa[64 * j + dim0] = ElementOps<T>::from_float(o[j][r0] * x);
+          oa[64 * j + dim1] = ElementOps<T>::from_float(o[j][r1] * x);
         }
         if (f.warp == 0 && f.g == 0) p.lse_accum[idx] = lse2;
       }
