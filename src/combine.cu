@@ -7,7 +7,7 @@
 // (>= 128 * batch, i.e. b = 1), else 1. With kChunks chunks the CTA's 128 threads form
 // kChunks groups, each covering the CTA's columns 4 per thread, group j taking the partials
 // j, j + kChunks, ..., their sums added through shared memory: a row split n ways costs
-// n / (8 kChunks) rounds of 8 overlapped float4 loads per thread instead of n / 8 (b=1,
+// n / (8 kChunks) rounds of 8 overlapped 4-value loads per thread instead of n / 8 (b=1,
 // s_k=8k: 20.4 -> 15.0 us per call at 4 chunks, 13.0 -> 12.4 at 16, docs/perf-log.md).
 // One chunk is cheaper when each row has only a few partials (more CTAs,
 // each redoing the LSE reductions, cost more than the shorter chains).
@@ -83,7 +83,12 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
                       static_cast<int64_t>(first) + n > static_cast<int64_t>(p.batch) + p.num_sm_parts ||
                       (n > 0) != (seqlen > 0) || seqlen < 0 ||
                       seqlen > table_capacity(p);
-  if (n == 1 && !broken) return;  // the decode kernel wrote out and lse itself
+  if (n == 1 && !broken) {  // the decode kernel wrote out and lse itself
+    // One CTA still waits, so that this grid never completes before the decode does (work
+    // queued after the combine may rely on the decode's out and lse).
+    if (blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0) sm90::griddep_wait();
+    return;
+  }
   // Launched as the decode's programmatic dependent (one chunk): everything above was written
   // before the decode started (metadata, lengths), so rows the decode finishes itself (every
   // row of a whole-sequence plan) leave without waiting, on SMs the decode leaves idle; the
