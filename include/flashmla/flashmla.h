@@ -98,8 +98,8 @@ struct MlaDecodeParams {
   const int32_t* num_splits = nullptr;  // [b + 1], prefix sums of splits per sequence
 
   // [b + num_sm_parts, h_kv, rows, dv] split partial outputs, in out's dtype (16-bit): each
-  // is a normalised average of V rows, so it is within V's range up to rounding, and half the bytes of fp32
-  // halve the split's workspace traffic (docs/perf-log.md session 17).
+  // is a normalised average of V rows, so it is within V's range up to rounding, and half
+  // the bytes of fp32 halve the split's workspace traffic (docs/perf-log.md session 17).
   void* o_accum = nullptr;
   float* lse_accum = nullptr;  // [b + num_sm_parts, h_kv, rows] split partial LSEs (log2 domain)
 };
