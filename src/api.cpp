@@ -21,6 +21,7 @@
 
 #include "flashmla/flashmla.h"
 #include "internal.h"
+#include "scheduler/plan.h"
 
 namespace flashmla {
 namespace {
@@ -329,8 +330,9 @@ void get_mla_metadata(const int32_t* cache_seqlens, int batch, int rows_per_kv_h
     require_device_pointer("tile_scheduler_metadata", tile_scheduler_metadata);
     require_device_pointer("num_splits", num_splits);
   }
-  detail::launch_metadata(cache_seqlens, batch, num_sm_parts, tile_scheduler_metadata, num_splits,
-                          stream);
+  detail::launch_metadata(cache_seqlens, batch, num_sm_parts,
+                          plan::split_overhead_blocks(rows_per_kv_head), tile_scheduler_metadata,
+                          num_splits, stream);
 }
 
 void validate(const MlaDecodeParams& p) {

@@ -13,6 +13,7 @@
 // each redoing the LSE reductions, cost more than the shorter chains).
 #include "element.cuh"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -211,6 +212,34 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
   if (threadIdx.x == 0 && blockIdx.z == 0) *lse = lse_out;
 }
 
+// Dynamic shared memory that caps the combine at ceil(ctas / SMs) resident CTAs per SM, and
+// raises the kernel's opt-in limit to it where needed. As a programmatic dependent launch the
+// combine's CTAs become resident while the decode still runs, each on the first SM with room,
+// up to 2048 / kThreads = 16 per SM: a grid of a few hundred CTAs (b = 1) would sit on a few
+// SMs (first those the decode leaves idle) and merge at their load rate (+1.2 to +2.1 us at
+// b = 1 without the cap, perf-log session 17). 0 when the grid fills every SM anyway.
+int combine_spread_smem(const void* kernel, int64_t ctas) {
+  int dev = 0, sms = 0, smem_sm = 0, smem_block = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "SM count");
+  check_cuda(cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev),
+             "shared memory per SM");
+  check_cuda(cudaDeviceGetAttribute(&smem_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+             "shared memory per block");
+  const int64_t per_sm = (ctas + sms - 1) / sms;
+  if (per_sm >= 2048 / kThreads) return 0;
+  cudaFuncAttributes attr{};
+  check_cuda(cudaFuncGetAttributes(&attr, kernel), "cudaFuncGetAttributes(combine_kernel)");
+  constexpr int64_t kReservedPerCta = 1024;  // shared memory the driver reserves per CTA
+  const int64_t fit = smem_sm / per_sm - kReservedPerCta - static_cast<int64_t>(attr.sharedSizeBytes);
+  const int dyn = static_cast<int>(std::clamp<int64_t>(fit, 0, smem_block - static_cast<int64_t>(attr.sharedSizeBytes)));
+  if (dyn > attr.maxDynamicSharedSizeBytes) {
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dyn),
+               "cudaFuncSetAttribute(combine_kernel)");
+  }
+  return dyn;
+}
+
 }  // namespace
 
 void launch_combine(const MlaDecodeParams& p, cudaStream_t stream) {
@@ -226,22 +255,24 @@ void launch_combine(const MlaDecodeParams& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(p.batch), static_cast<unsigned>(rows_all), chunks);
   dispatch_element(p.dtype, [&](auto element) {
     using T = decltype(element);
-    // With few pieces per sequence (one chunk), a programmatic dependent launch of the decode
-    // kernel just queued (its CTAs trigger at entry, see griddep_wait() in combine_kernel):
-    // most rows have one piece and their CTAs exit while the decode runs (b256_short -1.3%,
-    // skew_b64 -2.2%, b=128 h64 s4k -2.8%). Split many ways, every row has partials to merge,
-    // and CTAs launched early pile up on the first SMs the decode frees instead of spreading
-    // over the machine: +1.2 to +2.1 us at b = 1 with long contexts (perf-log session 17).
+    // A programmatic dependent launch of the decode kernel just queued (its CTAs trigger at
+    // entry, see griddep_wait() in combine_kernel). With one chunk most rows have one piece, and
+    // their CTAs exit while the decode runs (b256_short -1.3%, skew_b64 -2.2%, b=128 h64 s4k
+    // -2.8%); split many ways (b = 1), the early start hides the launch, and the grid is spread
+    // by combine_spread_smem (perf-log session 18).
+    auto kernel = chunks == 16 ? combine_kernel<T, 16> : chunks == 4 ? combine_kernel<T, 4> : combine_kernel<T, 1>;
+    const int dyn_smem = combine_spread_smem(reinterpret_cast<const void*>(kernel),
+                                             static_cast<int64_t>(grid.x) * grid.y * grid.z);
     cudaLaunchAttribute attr{};
     attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = chunks == 1;
+    attr.val.programmaticStreamSerializationAllowed = 1;
     cudaLaunchConfig_t cfg{};
     cfg.gridDim = grid;
     cfg.blockDim = dim3(kThreads);
+    cfg.dynamicSmemBytes = static_cast<size_t>(dyn_smem);
     cfg.stream = stream;
     cfg.attrs = &attr;
     cfg.numAttrs = 1;
-    auto kernel = chunks == 16 ? combine_kernel<T, 16> : chunks == 4 ? combine_kernel<T, 4> : combine_kernel<T, 1>;
     check_cuda(cudaLaunchKernelEx(&cfg, kernel, p), "combine_kernel launch");
   });
 }

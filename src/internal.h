@@ -27,7 +27,8 @@ inline void check_cuda(cudaError_t err, const char* what) {
 
 // src/metadata.cu: the closed-form split plan of src/scheduler/plan.h on the GPU (one CTA),
 // no host sync.
-void launch_metadata(const int32_t* cache_seqlens, int batch, int num_parts,
+// ov: the plan's overhead per piece in KV blocks (plan::split_overhead_blocks).
+void launch_metadata(const int32_t* cache_seqlens, int batch, int num_parts, int ov,
                      int32_t* tile_scheduler_metadata, int32_t* num_splits, cudaStream_t stream);
 
 // src/sm90/decode_*.cu: the split-KV decode kernel (writes out/lse for unsplit sequences,

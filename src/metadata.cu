@@ -75,13 +75,16 @@ __device__ __forceinline__ int64_t block_max(int64_t v, int64_t* warp_max) {
 }
 
 __global__ void __launch_bounds__(kThreads)
-    metadata_kernel(const int32_t* __restrict__ seqlens, int batch, int num_parts,
+    metadata_kernel(const int32_t* __restrict__ seqlens, int batch, int num_parts, int ov,
                     int32_t* __restrict__ metadata, int32_t* __restrict__ num_splits) {
   __shared__ int64_t s_chunk_start[kThreads];
   __shared__ int64_t s_warp_cost[kWarps];
   __shared__ int64_t s_warp_pieces[kWarps];
   __shared__ int64_t s_warp_max[kWarps];
 
+  // The decode queued behind this kernel (a programmatic dependent launch) may start its
+  // prologue now; it waits for this grid's completion before reading the plan.
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
   const int t = threadIdx.x;
   const int chunk = plan::chunk_size(batch, kThreads);
   const int lo = plan::chunk_begin(t, chunk, batch), hi = plan::chunk_begin(t + 1, chunk, batch);
@@ -89,36 +92,36 @@ __global__ void __launch_bounds__(kThreads)
   // 1. Positions: chunk starts and total.
   int64_t total;
   const int64_t start =
-      block_exclusive_scan(plan::range_cost(seqlens, lo, hi), s_warp_cost, &total);
+      block_exclusive_scan(plan::range_cost(seqlens, lo, hi, ov), s_warp_cost, &total);
   s_chunk_start[t] = start;
-  const bool whole = plan::whole_sequences(block_max(plan::range_max_cost(seqlens, lo, hi), s_warp_max),
+  const bool whole = plan::whole_sequences(block_max(plan::range_max_cost(seqlens, lo, hi, ov), s_warp_max),
                                            total, batch, num_parts);
   const int64_t pay = whole ? plan::kWholePayload : plan::payload(total, num_parts);
 
   // 2. Pieces -> num_splits. The scan's barriers also publish s_chunk_start for step 3.
   int64_t unused;
   const int64_t first_split =
-      block_exclusive_scan(plan::range_pieces(seqlens, lo, hi, start, pay), s_warp_pieces, &unused);
+      block_exclusive_scan(plan::range_pieces(seqlens, lo, hi, start, pay, ov), s_warp_pieces, &unused);
   if (t == 0) num_splits[0] = 0;
-  plan::write_range_splits(seqlens, lo, hi, start, pay, first_split, num_splits);
+  plan::write_range_splits(seqlens, lo, hi, start, pay, ov, first_split, num_splits);
 
   // 3. Part boundaries.
   for (int p = t; p <= num_parts; p += kThreads) {
     const plan::Boundary b =
         whole ? plan::whole_boundary(p, batch)
-              : plan::locate_boundary(p, pay, total, seqlens, batch, s_chunk_start, kThreads, chunk);
+              : plan::locate_boundary(p, pay, ov, total, seqlens, batch, s_chunk_start, kThreads, chunk);
     plan::write_boundary(metadata, num_parts, p, b);
   }
 }
 
 }  // namespace
 
-void launch_metadata(const int32_t* cache_seqlens, int batch, int num_parts,
+void launch_metadata(const int32_t* cache_seqlens, int batch, int num_parts, int ov,
                      int32_t* tile_scheduler_metadata, int32_t* num_splits,
                      cudaStream_t stream) {
   if (num_parts < 1) throw Error("num_sm_parts must be >= 1, got " + std::to_string(num_parts));
   if (batch < 0) throw Error("batch must be >= 0, got " + std::to_string(batch));
-  metadata_kernel<<<1, kThreads, 0, stream>>>(cache_seqlens, batch, num_parts,
+  metadata_kernel<<<1, kThreads, 0, stream>>>(cache_seqlens, batch, num_parts, ov,
                                               tile_scheduler_metadata, num_splits);
   check_cuda(cudaGetLastError(), "metadata_kernel launch");
 }

@@ -1,7 +1,8 @@
 # A/B table of bench_decode JSON files named <prefix>_<tag>_r<rep>.json: one row per config,
-# one column per tag and repeat (decode_us).
+# one column per tag and repeat (decode_us, or the field named by a third argument).
 import json, sys, glob, re
 R, prefix = sys.argv[1], sys.argv[2]
+field = sys.argv[3] if len(sys.argv) > 3 else "decode_us"
 runs = {}
 for f in sorted(glob.glob(f"{R}/{prefix}_*_r*.json")):
     m = re.match(rf".*/{prefix}_(.+)_r(\d+)\.json", f)
@@ -12,8 +13,8 @@ for f in sorted(glob.glob(f"{R}/{prefix}_*_r*.json")):
         print(f, e); continue
     for r in res:
         k = "%s %s b%d h%d sq%d sk%d p%d" % (r["regime"][:12], r["kv"], r["b"], r["h_q"], r["s_q"], r["sum_sk"] // r["b"], r["page"])
-        runs.setdefault(k, {})[tag] = r["decode_us"]
+        runs.setdefault(k, {})[tag] = r[field]
 tags = sorted({t for v in runs.values() for t in v})
-print("config".ljust(44), " ".join(t[:10].rjust(10) for t in tags))
+print(field, "\n" + "config".ljust(44), " ".join(t[:10].rjust(10) for t in tags))
 for k, v in runs.items():
     print(k[:44].ljust(44), " ".join(("%10.1f" % v[t]) if t in v else "         -" for t in tags))

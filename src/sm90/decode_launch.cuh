@@ -122,27 +122,37 @@ void launch_small(const MlaDecodeParams& p, const sm90::KvMaps& maps, cudaStream
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, sm90::kSmallSmemBytes),
                "cudaFuncSetAttribute(mla_decode_small_kernel)");
   });
-  const dim3 grid(p.num_sm_parts, p.num_heads_kv, 1);
-  sm90::mla_decode_small_kernel<T, kFp8, kBlocks, kGather>
-      <<<grid, sm90::kSmallThreads, sm90::kSmallSmemBytes, stream>>>(p, maps);
-  check_cuda(cudaGetLastError(), "mla_decode_small_kernel launch");
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(p.num_sm_parts, p.num_heads_kv, 1);
+  cfg.blockDim = dim3(sm90::kSmallThreads);
+  cfg.dynamicSmemBytes = sm90::kSmallSmemBytes;
+  cfg.stream = stream;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  check_cuda(cudaLaunchKernelEx(&cfg, sm90::mla_decode_small_kernel<T, kFp8, kBlocks, kGather>, p, maps),
+             "mla_decode_small_kernel launch");
 }
 
 // A launch of the wide kernel as clusters of `size` CTAs along z (its query tiles).
 struct ClusterLaunch {
-  cudaLaunchAttribute attr{};
+  cudaLaunchAttribute attr[2]{};
   cudaLaunchConfig_t cfg{};
   ClusterLaunch(dim3 grid, unsigned size, cudaStream_t stream) {
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = 1;
-    attr.val.clusterDim.y = 1;
-    attr.val.clusterDim.z = size;
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    attr[1].id = cudaLaunchAttributeClusterDimension;
+    attr[1].val.clusterDim.x = 1;
+    attr[1].val.clusterDim.y = 1;
+    attr[1].val.clusterDim.z = size;
     cfg.gridDim = grid;
     cfg.blockDim = dim3(sm90::kThreads);
     cfg.dynamicSmemBytes = sm90::kSmemBytes;
     cfg.stream = stream;
-    cfg.attrs = &attr;  // points into this object: not copyable
-    cfg.numAttrs = 1;
+    cfg.attrs = attr;  // points into this object: not copyable
+    cfg.numAttrs = size > 1 ? 2 : 1;  // a size-1 cluster launch is not a plain launch
   }
   ClusterLaunch(const ClusterLaunch&) = delete;
   ClusterLaunch& operator=(const ClusterLaunch&) = delete;
@@ -208,11 +218,6 @@ void launch_decode(const MlaDecodeParams& p, cudaStream_t stream) {
   const int rows = p.seqlen_q * (p.num_heads_q / p.num_heads_kv);
   const dim3 grid(p.num_sm_parts, p.num_heads_kv, (rows + sm90::kBlockM - 1) / sm90::kBlockM);
   const int cluster = decode_launch::wide_cluster_size<T>(p, grid.z);
-  if (cluster == 1) {
-    sm90::mla_decode_kernel<T><<<grid, sm90::kThreads, sm90::kSmemBytes, stream>>>(p, maps);
-    check_cuda(cudaGetLastError(), "mla_decode_kernel launch");
-    return;
-  }
   const decode_launch::ClusterLaunch launch(grid, static_cast<unsigned>(cluster), stream);
   check_cuda(cudaLaunchKernelEx(&launch.cfg, sm90::mla_decode_kernel<T>, p, maps),
              "mla_decode_kernel launch (query-tile clusters)");

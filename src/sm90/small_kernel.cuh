@@ -703,6 +703,11 @@ __global__ void __launch_bounds__(kSmallThreads, 1)
                             const __grid_constant__ KvMaps maps) {
   extern __shared__ char smem_raw[];
   griddep_launch_dependents();  // the combine's CTAs with nothing to merge exit under this grid
+  // Launched as the programmatic dependent of the kernel before it (get_mla_metadata's in a
+  // step that plans and decodes), which may still be running: wait before reading anything.
+  // Waiting after the barrier setup instead cost the wide and the FP8 two-block kernels 4 and
+  // 12 more bytes of spill (ptxas).
+  griddep_wait();
   const uint32_t pad = (1024u - (smem_addr(smem_raw) & 1023u)) & 1023u;  // as mla_decode_kernel
   auto& s = *reinterpret_cast<SmallStorage*>(smem_raw + pad);
   const PartWalk walk(p.tile_scheduler_metadata + blockIdx.x * kMetadataInts);

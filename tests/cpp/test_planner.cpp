@@ -20,26 +20,26 @@ using flashmla::kSplitOverheadBlocks;
 using flashmla::num_kv_blocks;
 namespace plan = flashmla::plan;
 
-constexpr int kOv = kSplitOverheadBlocks;
+constexpr int kOv = kSplitOverheadBlocks;  // the default of the helpers below
 
 struct Plan {
   std::vector<int32_t> meta;
   std::vector<int32_t> splits;
 };
 
-Plan run_plan(const std::vector<int32_t>& seqlens, int parts) {
+Plan run_plan(const std::vector<int32_t>& seqlens, int parts, int ov = kOv) {
   Plan p;
   // Poison so that a field the planner forgets to write shows up as garbage.
   p.meta.assign(static_cast<size_t>(parts) * 8, -12345);
   p.splits.assign(seqlens.size() + 1, -12345);
-  flashmla::plan_schedule(seqlens.data(), static_cast<int>(seqlens.size()), parts, p.meta.data(),
-                          p.splits.data());
+  flashmla::plan_schedule(seqlens.data(), static_cast<int>(seqlens.size()), parts, ov,
+                          p.meta.data(), p.splits.data());
   return p;
 }
 
 // The GPU kernel's phases (src/metadata.cu) run one "thread" at a time, with sequential scans
 // standing in for the block scans: same helpers, same chunking, same binary search.
-Plan emulate_kernel(const std::vector<int32_t>& seqlens, int parts, int threads) {
+Plan emulate_kernel(const std::vector<int32_t>& seqlens, int parts, int threads, int ov) {
   Plan out;
   out.meta.assign(static_cast<size_t>(parts) * 8, -12345);
   out.splits.assign(seqlens.size() + 1, -12345);
@@ -51,25 +51,25 @@ Plan emulate_kernel(const std::vector<int32_t>& seqlens, int parts, int threads)
   int64_t total = 0, max_cost = 0;
   for (int t = 0; t < threads; ++t) {
     start[t] = total;
-    total += plan::range_cost(s, lo(t), lo(t + 1));
-    max_cost = std::max(max_cost, plan::range_max_cost(s, lo(t), lo(t + 1)));
+    total += plan::range_cost(s, lo(t), lo(t + 1), ov);
+    max_cost = std::max(max_cost, plan::range_max_cost(s, lo(t), lo(t + 1), ov));
   }
   const bool whole = plan::whole_sequences(max_cost, total, batch, parts);
   const int64_t pay = whole ? plan::kWholePayload : plan::payload(total, parts);
   int64_t pieces = 0;
   for (int t = 0; t < threads; ++t) {
     first_split[t] = pieces;
-    pieces += plan::range_pieces(s, lo(t), lo(t + 1), start[t], pay);
+    pieces += plan::range_pieces(s, lo(t), lo(t + 1), start[t], pay, ov);
   }
   out.splits[0] = 0;
   for (int t = 0; t < threads; ++t) {
-    plan::write_range_splits(s, lo(t), lo(t + 1), start[t], pay, first_split[t], out.splits.data());
+    plan::write_range_splits(s, lo(t), lo(t + 1), start[t], pay, ov, first_split[t], out.splits.data());
   }
   for (int t = 0; t < threads; ++t) {
     for (int p = t; p <= parts; p += threads) {
       const plan::Boundary b =
           whole ? plan::whole_boundary(p, batch)
-                : plan::locate_boundary(p, pay, total, s, batch, start.data(), threads, chunk);
+                : plan::locate_boundary(p, pay, ov, total, s, batch, start.data(), threads, chunk);
       plan::write_boundary(out.meta.data(), parts, p, b);
     }
   }
@@ -80,9 +80,9 @@ struct Piece {
   int part, begin, end, index;
 };
 
-std::string describe(const std::vector<int32_t>& seqlens, int parts) {
+std::string describe(const std::vector<int32_t>& seqlens, int parts, int ov) {
   std::ostringstream s;
-  s << "batch=" << seqlens.size() << " parts=" << parts << " seqlens=[";
+  s << "batch=" << seqlens.size() << " parts=" << parts << " ov=" << ov << " seqlens=[";
   for (size_t i = 0; i < seqlens.size() && i < 64; ++i) s << (i ? "," : "") << seqlens[i];
   if (seqlens.size() > 64) s << ",...";
   s << "]";
@@ -94,24 +94,25 @@ int blocks_of(int32_t L) { return L > 0 ? static_cast<int>((int64_t{L} + 63) / 6
 
 // Checks every property of the plan; returns on the first failure (gtest records it).
 // emulate: also compare the GPU kernel emulation for these thread counts.
+// ov: the plan's overhead per piece (plan::split_overhead_blocks).
 void check_plan(const std::vector<int32_t>& seqlens, int parts,
-                std::initializer_list<int> emulate = {1, 3, 32, 512}) {
-  SCOPED_TRACE(describe(seqlens, parts));
+                std::initializer_list<int> emulate = {1, 3, 32, 512}, int ov = kOv) {
+  SCOPED_TRACE(describe(seqlens, parts, ov));
   const int b = static_cast<int>(seqlens.size());
-  const Plan plan = run_plan(seqlens, parts);
+  const Plan plan = run_plan(seqlens, parts, ov);
 
   int64_t total = 0;
   std::vector<int64_t> C(b + 1, 0);  // cost position of each sequence
   for (int i = 0; i < b; ++i) {
     const int n = blocks_of(seqlens[i]);
-    C[i + 1] = C[i] + (n > 0 ? n + kSplitOverheadBlocks : 0);
+    C[i + 1] = C[i] + (n > 0 ? n + ov : 0);
   }
   total = C[b];
   const int64_t pay = std::max<int64_t>(1, (total + parts - 1) / parts);
   int64_t max_cost = 0;
   for (int i = 0; i < b; ++i) max_cost = std::max(max_cost, C[i + 1] - C[i]);
   // Whole-sequence plan: part i is all of sequence i (scheduler/plan.h).
-  const bool whole = b <= parts && max_cost <= pay + kOv;
+  const bool whole = b <= parts && max_cost <= pay + flashmla::kWholeSlackBlocks;
 
   std::vector<std::vector<Piece>> pieces(b);
   for (int p = 0; p < parts; ++p) {
@@ -168,18 +169,19 @@ void check_plan(const std::vector<int32_t>& seqlens, int parts,
       ASSERT_LE(lo, hi) << "batch " << i;
       if (lo == hi) continue;
       pieces[i].push_back({p, lo, hi, i == bb ? bs : 0});
-      cost += (hi - lo) + kSplitOverheadBlocks;
+      cost += (hi - lo) + ov;
       if (whole) {
         ASSERT_EQ(i, p) << "whole-sequence plan: part p holds sequence p only";
         continue;
       }
       // Closed form: block k of sequence i belongs to part (C_i + ov + k) / P (monotonic in k,
       // so the two ends suffice).
-      ASSERT_EQ((C[i] + kOv + lo) / pay, p) << "batch " << i << " block " << lo;
-      ASSERT_EQ((C[i] + kOv + hi - 1) / pay, p) << "batch " << i << " block " << hi - 1;
+      ASSERT_EQ((C[i] + ov + lo) / pay, p) << "batch " << i << " block " << lo;
+      ASSERT_EQ((C[i] + ov + hi - 1) / pay, p) << "batch " << i << " block " << hi - 1;
     }
-    // The documented bound: cost <= P + ov, P = max(1, ceil(total / parts)).
-    ASSERT_LE(cost, pay + kOv) << "total " << total;
+    // The documented bounds, P = max(1, ceil(total / parts)): cost <= P + ov for the split
+    // plan, cost <= P + kWholeSlackBlocks for the whole-sequence plan.
+    ASSERT_LE(cost, pay + (whole ? flashmla::kWholeSlackBlocks : ov)) << "total " << total;
   }
 
   ASSERT_EQ(plan.splits[0], 0);
@@ -207,7 +209,7 @@ void check_plan(const std::vector<int32_t>& seqlens, int parts,
 
   for (int threads : emulate) {
     SCOPED_TRACE("GPU emulation, threads=" + std::to_string(threads));
-    const Plan gpu = emulate_kernel(seqlens, parts, threads);
+    const Plan gpu = emulate_kernel(seqlens, parts, threads, ov);
     ASSERT_EQ(gpu.meta, plan.meta);
     ASSERT_EQ(gpu.splits, plan.splits);
   }
@@ -249,11 +251,11 @@ std::vector<int32_t> random_seqlens(std::mt19937& rng, int b, int kind) {
 TEST(PlannerHelpers, SeqBlocksAndCost) {
   for (int32_t L : {INT32_MIN, -100000, -64, -1, 0}) {
     EXPECT_EQ(num_kv_blocks(L), 0);
-    EXPECT_EQ(plan::seq_cost(L), 0);
+    EXPECT_EQ(plan::seq_cost(L, kOv), 0);
   }
   for (int32_t L = 1; L <= 1000; ++L) {
     EXPECT_EQ(num_kv_blocks(L), (L + 63) / 64);
-    EXPECT_EQ(plan::seq_cost(L), num_kv_blocks(L) + kOv);
+    for (int ov : {0, 1, 5, 9}) EXPECT_EQ(plan::seq_cost(L, ov), num_kv_blocks(L) + ov);
   }
   // The kernels use the same count: no overflow where L + 63 would pass INT32_MAX.
   for (int32_t L : {INT32_MAX - 63, INT32_MAX - 62, INT32_MAX - 1, INT32_MAX})
@@ -266,22 +268,23 @@ TEST(PlannerHelpers, PiecesAndSplitsAgainstBruteForce) {
     const int64_t pay = std::uniform_int_distribution<int>(1, 40)(rng);
     const int64_t c = std::uniform_int_distribution<int>(0, 300)(rng);
     const int n = std::uniform_int_distribution<int>(0, 120)(rng);
-    const int64_t cost = n > 0 ? n + kOv : 0;
+    const int ov = std::uniform_int_distribution<int>(0, 10)(rng);
+    const int64_t cost = n > 0 ? n + ov : 0;
     // Part q starts at q * pay; it cuts the sequence iff the start is inside at block > 0.
     int cuts = 0;
-    for (int64_t q = 0; q * pay < c + cost; ++q) cuts += q * pay > c + kOv;
-    ASSERT_EQ(plan::seq_pieces(c, cost, pay), n > 0 ? 1 + cuts : 0)
-        << "c=" << c << " n=" << n << " pay=" << pay;
+    for (int64_t q = 0; q * pay < c + cost; ++q) cuts += q * pay > c + ov;
+    ASSERT_EQ(plan::seq_pieces(c, cost, pay, ov), n > 0 ? 1 + cuts : 0)
+        << "c=" << c << " n=" << n << " pay=" << pay << " ov=" << ov;
     if (n == 0) continue;
     for (int p = 0; static_cast<int64_t>(p) * pay < c + cost; ++p) {
       const int64_t x = p * pay;
       if (x < c) continue;
       int before = 0;
-      for (int q = 0; q <= p; ++q) before += q * pay > c + kOv;
-      const int block = plan::start_block(x, c);
-      ASSERT_EQ(block, x - c <= kOv ? 0 : static_cast<int>(x - c - kOv));
+      for (int q = 0; q <= p; ++q) before += q * pay > c + ov;
+      const int block = plan::start_block(x, c, ov);
+      ASSERT_EQ(block, x - c <= ov ? 0 : static_cast<int>(x - c - ov));
       ASSERT_LT(block, n);
-      ASSERT_EQ(plan::start_split(p, x, c, pay), block == 0 ? 0 : before)
+      ASSERT_EQ(plan::start_split(p, x, c, pay, ov), block == 0 ? 0 : before)
           << "c=" << c << " n=" << n << " pay=" << pay << " p=" << p;
     }
   }
@@ -341,6 +344,12 @@ TEST(Planner, WholeSequencesWhenBalanced) {
   EXPECT_EQ(splits_of(std::vector<int32_t>(128, 8192), 132), 128);  // 133 <= 129 + 5
   // s_k = 16384: cost 261 > 254 + 5: split.
   EXPECT_GT(splits_of(std::vector<int32_t>(128, 16384), 132), 128);
+  // The rule's slack is what a cut costs, not the piece overhead: with the small-head kernel's
+  // ov = 2, s_k = 8192 (cost 130 against P = 127) stays whole, s_k = 16384 (258 > 251 + 5) not.
+  const int small_ov = plan::split_overhead_blocks(16);
+  EXPECT_EQ(run_plan(std::vector<int32_t>(128, 8192), 132, small_ov).splits.back(), 128);
+  EXPECT_GT(run_plan(std::vector<int32_t>(128, 16384), 132, small_ov).splits.back(), 128);
+  check_plan(std::vector<int32_t>(128, 8192), 132, {1, 3, 32, 512}, small_ov);
   // More sequences than parts: split (the bound alone would allow whole sequences).
   EXPECT_GT(splits_of(std::vector<int32_t>(133, 4096), 132), 133);
   // The edge of the rule: 131 sequences of cost 20 and one of cost c, 132 parts.
@@ -370,7 +379,9 @@ TEST(Planner, RandomBatches) {
                   : trial % 4 == 0 ? std::uniform_int_distribution<int>(1, 1024)(rng)
                                    : std::uniform_int_distribution<int>(1, 64)(rng);
     const std::vector<int32_t> seqlens = random_seqlens(rng, b, kind(rng));
-    check_plan(seqlens, parts_dist(rng), {1, 3, 512});
+    // Both overheads in use (plan::split_overhead_blocks) and the edges around them.
+    const int ovs[] = {plan::split_overhead_blocks(16), plan::split_overhead_blocks(64), 0, 1, 8};
+    check_plan(seqlens, parts_dist(rng), {1, 3, 512}, ovs[trial % 5]);
     if (HasFatalFailure()) return;
   }
 }
@@ -393,6 +404,7 @@ TEST(Planner, EveryPartCountForOneBatch) {
   for (int parts = 1; parts <= 264; ++parts) {
     check_plan(seqlens, parts);
     check_plan(tiny, parts);
+    check_plan(tiny, parts, {1, 3, 32, 512}, 1);
     if (HasFatalFailure()) return;
   }
 }
