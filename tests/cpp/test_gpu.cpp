@@ -933,7 +933,7 @@ TEST_F(GpuTest, MetadataMatchesHostPlanner) {
 
     std::vector<int32_t> meta_host(static_cast<size_t>(parts) * flashmla::kMetadataInts);
     std::vector<int32_t> splits_host(b + 1);
-    // rows_per_kv_head 64 below, or 16 on odd trials: the two overheads of the plan.
+    // rows_per_kv_head 64 below, or 16 on odd trials (the plan's overhead may differ by rows).
     const int rows = trial % 2 ? 16 : 64;
     flashmla::plan_schedule(seqlens.data(), b, parts, flashmla::plan::split_overhead_blocks(rows),
                             meta_host.data(), splits_host.data());
