@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "internal.h"
+#include "launch.h"
 #include "sm90/ptx.cuh"
 #include "seqlen.cuh"
 
@@ -219,24 +220,14 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
 // SMs (first those the decode leaves idle) and merge at their load rate (+1.2 to +2.1 us at
 // b = 1 without the cap, perf-log session 17). 0 when the grid fills every SM anyway.
 int combine_spread_smem(const void* kernel, int64_t ctas) {
-  int dev = 0, sms = 0, smem_sm = 0, smem_block = 0;
-  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "SM count");
-  check_cuda(cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev),
-             "shared memory per SM");
-  check_cuda(cudaDeviceGetAttribute(&smem_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
-             "shared memory per block");
-  const int64_t per_sm = (ctas + sms - 1) / sms;
+  const DeviceInfo dev = current_device_info();
+  const int64_t per_sm = (ctas + dev.sms - 1) / dev.sms;
   if (per_sm >= 2048 / kThreads) return 0;
-  cudaFuncAttributes attr{};
-  check_cuda(cudaFuncGetAttributes(&attr, kernel), "cudaFuncGetAttributes(combine_kernel)");
   constexpr int64_t kReservedPerCta = 1024;  // shared memory the driver reserves per CTA
-  const int64_t fit = smem_sm / per_sm - kReservedPerCta - static_cast<int64_t>(attr.sharedSizeBytes);
-  const int dyn = static_cast<int>(std::clamp<int64_t>(fit, 0, smem_block - static_cast<int64_t>(attr.sharedSizeBytes)));
-  if (dyn > attr.maxDynamicSharedSizeBytes) {
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dyn),
-               "cudaFuncSetAttribute(combine_kernel)");
-  }
+  const int static_smem = static_smem_bytes(kernel, "cudaFuncGetAttributes(combine_kernel)");
+  const int64_t fit = dev.smem_per_sm / per_sm - kReservedPerCta - static_smem;
+  const int dyn = static_cast<int>(std::clamp<int64_t>(fit, 0, dev.smem_per_block_optin - static_smem));
+  ensure_dynamic_smem(kernel, dyn, "cudaFuncSetAttribute(combine_kernel)");
   return dyn;
 }
 
@@ -263,17 +254,8 @@ void launch_combine(const MlaDecodeParams& p, cudaStream_t stream) {
     auto kernel = chunks == 16 ? combine_kernel<T, 16> : chunks == 4 ? combine_kernel<T, 4> : combine_kernel<T, 1>;
     const int dyn_smem = combine_spread_smem(reinterpret_cast<const void*>(kernel),
                                              static_cast<int64_t>(grid.x) * grid.y * grid.z);
-    cudaLaunchAttribute attr{};
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(kThreads);
-    cfg.dynamicSmemBytes = static_cast<size_t>(dyn_smem);
-    cfg.stream = stream;
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
-    check_cuda(cudaLaunchKernelEx(&cfg, kernel, p), "combine_kernel launch");
+    const PdlLaunch launch(grid, dim3(kThreads), static_cast<size_t>(dyn_smem), stream);
+    check_cuda(cudaLaunchKernelEx(&launch.cfg, kernel, p), "combine_kernel launch");
   });
 }
 

@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "internal.h"
+#include "launch.h"
 #include "sm90/decode.h"
 #include "sm90/decode_kernel.cuh"
 #include "sm90/small_kernel.cuh"
@@ -116,47 +117,14 @@ inline int small_kernel_blocks(const MlaDecodeParams& p) {
 
 template <typename T, bool kFp8, int kBlocks, bool kGather = false>
 void launch_small(const MlaDecodeParams& p, const sm90::KvMaps& maps, cudaStream_t stream) {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    check_cuda(cudaFuncSetAttribute(sm90::mla_decode_small_kernel<T, kFp8, kBlocks, kGather>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, sm90::kSmallSmemBytes),
-               "cudaFuncSetAttribute(mla_decode_small_kernel)");
-  });
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(p.num_sm_parts, p.num_heads_kv, 1);
-  cfg.blockDim = dim3(sm90::kSmallThreads);
-  cfg.dynamicSmemBytes = sm90::kSmallSmemBytes;
-  cfg.stream = stream;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  check_cuda(cudaLaunchKernelEx(&cfg, sm90::mla_decode_small_kernel<T, kFp8, kBlocks, kGather>, p, maps),
+  const auto kernel = sm90::mla_decode_small_kernel<T, kFp8, kBlocks, kGather>;
+  ensure_dynamic_smem(reinterpret_cast<const void*>(kernel), sm90::kSmallSmemBytes,
+                      "cudaFuncSetAttribute(mla_decode_small_kernel)");
+  const PdlLaunch launch(dim3(p.num_sm_parts, p.num_heads_kv, 1), dim3(sm90::kSmallThreads),
+                         sm90::kSmallSmemBytes, stream);
+  check_cuda(cudaLaunchKernelEx(&launch.cfg, kernel, p, maps),
              "mla_decode_small_kernel launch");
 }
-
-// A launch of the wide kernel as clusters of `size` CTAs along z (its query tiles).
-struct ClusterLaunch {
-  cudaLaunchAttribute attr[2]{};
-  cudaLaunchConfig_t cfg{};
-  ClusterLaunch(dim3 grid, unsigned size, cudaStream_t stream) {
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    attr[1].id = cudaLaunchAttributeClusterDimension;
-    attr[1].val.clusterDim.x = 1;
-    attr[1].val.clusterDim.y = 1;
-    attr[1].val.clusterDim.z = size;
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(sm90::kThreads);
-    cfg.dynamicSmemBytes = sm90::kSmemBytes;
-    cfg.stream = stream;
-    cfg.attrs = attr;  // points into this object: not copyable
-    cfg.numAttrs = size > 1 ? 2 : 1;  // a size-1 cluster launch is not a plain launch
-  }
-  ClusterLaunch(const ClusterLaunch&) = delete;
-  ClusterLaunch& operator=(const ClusterLaunch&) = delete;
-};
 
 // CTAs per thread-block cluster of the wide kernel: 2 when the query tiles of a (part, kv
 // head) come in pairs, the cache is 16-bit and read by TMA, else 1. The query tiles of a part
@@ -172,7 +140,7 @@ int wide_cluster_size(const MlaDecodeParams& p, unsigned m_tiles) {
     return e == nullptr || std::string(e) != "1";
   }();
   static const bool fits = [] {
-    const ClusterLaunch launch(dim3(1, 1, 2), 2, nullptr);
+    const PdlLaunch launch(dim3(1, 1, 2), dim3(sm90::kThreads), sm90::kSmemBytes, nullptr, 2);
     int clusters = 0;
     if (cudaOccupancyMaxActiveClusters(&clusters, sm90::mla_decode_kernel<T>, &launch.cfg) !=
         cudaSuccess) {
@@ -209,16 +177,12 @@ void launch_decode(const MlaDecodeParams& p, cudaStream_t stream) {
     }
     return;
   }
-  static std::once_flag attr_once;
-  std::call_once(attr_once, [] {
-    check_cuda(cudaFuncSetAttribute(sm90::mla_decode_kernel<T>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, sm90::kSmemBytes),
-               "cudaFuncSetAttribute(mla_decode_kernel)");
-  });
+  ensure_dynamic_smem(reinterpret_cast<const void*>(sm90::mla_decode_kernel<T>), sm90::kSmemBytes,
+                      "cudaFuncSetAttribute(mla_decode_kernel)");
   const int rows = p.seqlen_q * (p.num_heads_q / p.num_heads_kv);
   const dim3 grid(p.num_sm_parts, p.num_heads_kv, (rows + sm90::kBlockM - 1) / sm90::kBlockM);
   const int cluster = decode_launch::wide_cluster_size<T>(p, grid.z);
-  const decode_launch::ClusterLaunch launch(grid, static_cast<unsigned>(cluster), stream);
+  const PdlLaunch launch(grid, dim3(sm90::kThreads), sm90::kSmemBytes, stream, static_cast<unsigned>(cluster));
   check_cuda(cudaLaunchKernelEx(&launch.cfg, sm90::mla_decode_kernel<T>, p, maps),
              "mla_decode_kernel launch (query-tile clusters)");
 }
