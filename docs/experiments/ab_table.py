@@ -6,7 +6,7 @@ field = sys.argv[3] if len(sys.argv) > 3 else "decode_us"
 runs = {}
 for f in sorted(glob.glob(f"{R}/{prefix}_*_r*.json")):
     m = re.match(rf".*/{prefix}_(.+)_r(\d+)\.json", f)
-    tag = m.group(1) + "." + m.group(2)
+    tag = m.group(1).removeprefix("bench_") + "." + m.group(2)
     try:
         res = json.load(open(f))["results"]
     except Exception as e:
