@@ -5,6 +5,8 @@
 #   exp7/bench_both  v22 as landed (overhead 5 for all rows)
 #   exp/bench_base   HEAD: helper + overhead 2 at <= 16 rows, no Q prefetch
 #   exp/bench_qpov3, exp/bench_qpov4: the candidate with the wide kernel's overhead 3 / 4
+#   exp/bench_startpf: the candidate + s19-startpf.patch (the first tile's page id prefetched
+#     into L1 at entry; the small kernel's first Q issued before the length), with its test_gpu
 # then the tables of the candidate, the binding, pytest and the 48-config matrix.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -22,11 +24,11 @@ timeout 60 ./build/test_fp8_cache > $R/fp8.log 2>&1; echo fp8 cache rc=$?; grep 
 timeout 150 ./build/test_gpu > $R/test_gpu.log 2>&1; echo test_gpu rc=$? $(el); grep -E "^\[  (PASSED|FAILED) |FAILED  \]" $R/test_gpu.log | head -5
 pack() { (cd $OUT && tar czf s19run1.tgz r1); }
 ab() {  # one interleaved repeat
-  for b in build/exp7/bench_both build/exp/bench_base build/bench_decode build/exp/bench_qpov3 build/exp/bench_qpov4; do
+  for b in build/exp7/bench_both build/exp/bench_base build/bench_decode build/exp/bench_qpov3 build/exp/bench_qpov4 build/exp/bench_startpf; do
     tag=$(basename $b)
     timeout 90 $b --no-matrix "${C16[@]}" "${CW[@]}" --json $R/a_${tag}_r$1.json > $R/a_${tag}_r$1.log 2>&1; echo $tag rc=$? $(el)
   done
-  for b in build/exp7/bench_both build/exp/bench_base build/bench_decode; do
+  for b in build/exp7/bench_both build/exp/bench_base build/bench_decode build/exp/bench_startpf; do
     tag=$(basename $b)
     timeout 60 $b --no-matrix --fp8 "${C16[@]}" --json $R/f_${tag}_r$1.json > $R/f_${tag}_r$1.log 2>&1; echo fp8 $tag rc=$? $(el)
   done
@@ -34,6 +36,7 @@ ab() {  # one interleaved repeat
 ab 1
 for x in a f; do python3 docs/experiments/ab_table.py $R $x; done
 pack
+timeout 150 ./build/exp/test_gpu_startpf > $R/test_gpu_startpf.log 2>&1; echo test_gpu startpf rc=$? $(el); grep -E "^\[  (PASSED|FAILED) |FAILED  \]" $R/test_gpu_startpf.log | head -5
 timeout 60 ./build/bench_decode --matrix --latency --json $R/bench-h100.json > $R/bench.log 2>&1; echo bench rc=$? $(el)
 pack
 if [ -x /usr/bin/g++ ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
