@@ -51,7 +51,7 @@ namespace flashmla {
 // Overhead of a piece in KV blocks, by the kernel that runs the plan (split_overhead_blocks
 // below), and the slack of the whole-sequence rule (whole_sequences).
 constexpr int kSplitOverheadBlocks = 5;       // the wide kernel (more than 16 rows per kv head)
-constexpr int kSmallSplitOverheadBlocks = 2;  // the small-head kernel (up to 16 rows); see below
+constexpr int kSmallSplitOverheadBlocks = 5;  // the small-head kernel (up to 16 rows); see below
 constexpr int kWholeSlackBlocks = 5;          // what a cut costs, partials and combine included
 
 // Layout of one row of tile_scheduler_metadata.

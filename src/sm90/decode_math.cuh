@@ -49,32 +49,21 @@ __device__ __forceinline__ void math_pingpong(const MlaDecodeParams& p, SharedSt
   const bool gather = p.page_block_size < kMinTmaPage;
 
   int iter = 0;
-  bool q_prefetched = false;  // this piece's Q was issued under the previous piece's last pair
   for (int i = walk.batch_begin; i <= walk.batch_end && i < p.batch; ++i) {
     // The walk's first piece issues Q's copies before its length is read, so that the two
     // latencies overlap at the kernel's start (b=1, s_k=64k, h_q=128: Q ready 5.4 -> 3.1 us,
     // docs/perf-log.md session 12; a part starts on one of its blocks, so that piece is not
-    // empty). A later piece's Q was issued during the previous piece when it is known to be
-    // non-empty (below); otherwise its length is read first: empty sequences cost no Q load.
+    // empty). Later pieces read the length first: empty sequences then cost no Q load.
     const bool early = i == walk.batch_begin;
-    const auto issue_q = [&](int seq) {
-      load_q<kBlockM, kMathThreads>(p, s.q[0], seq, kv_head, m_tile * kBlockM, math_tid);
-    };
-    if (early) issue_q(i);
+    const auto issue_q = [&] { load_q<kBlockM, kMathThreads>(p, s.q[0], i, kv_head, m_tile * kBlockM, math_tid); };
+    if (early) issue_q();
     const int seqlen = uniform(kernel_seqlen(p, i));
     const int lo = uniform(walk.lo(i)), hi = uniform(walk.hi(i, num_kv_blocks(seqlen)));
     if (lo >= hi) {
       cp_async_wait_all();  // sQ is written again by the next piece
       continue;
     }
-    if (!early && !q_prefetched) issue_q(i);
-    // The next piece, if it is a non-empty one: its Q is issued as soon as this piece's last S
-    // has completed (both warpgroups then know sQ is dead), under the last PV and the epilogue
-    // instead of after them. Its length is read here, under this piece's tiles.
-    const int next = i + 1;
-    const bool next_live = next <= walk.batch_end && next < p.batch &&
-                           uniform(walk.hi(next, num_kv_blocks(kernel_seqlen(p, next)))) > 0;
-    q_prefetched = false;
+    if (!early) issue_q();
     cp_async_wait_all();
     const int limit0 = row_limit(p, seqlen, m_tile, row0);
     const int limit1 = row_limit(p, seqlen, m_tile, row1);
@@ -245,21 +234,16 @@ __device__ __forceinline__ void math_pingpong(const MlaDecodeParams& p, SharedSt
       float sc[32];
       uint32_t pa[16];
       float alpha0, alpha1;
-      // Last pair: once this warpgroup knows every S of the piece has completed, it issues its
-      // share of the next piece's Q (see next_live).
-      const bool prefetch = next_live && blk + 2 >= hi;
       if (wg == 0) {
         issue_s(sc, it, blk);
         if (has_b) named_barrier_arrive(static_cast<int>(MathBarrier::kFirstSDone), kMathThreads);
         wgmma_wait<0>();
         fence_operands(sc);
-        if (prefetch && !has_b) issue_q(next);  // no S_b: S_a was the piece's last
         softmax_own(sc, pa, sa, blk, alpha0, alpha1);
         rescale(alpha0, alpha1);
         pv_own(pa, sa);
         if (has_b) {
-          take_other(sb, alpha0, alpha1);  // P_b published: S_b has completed
-          if (prefetch) issue_q(next);
+          take_other(sb, alpha0, alpha1);
           wgmma_wait<0>();
           fence_operands(o);
           release(sa);
@@ -284,8 +268,7 @@ __device__ __forceinline__ void math_pingpong(const MlaDecodeParams& p, SharedSt
           wgmma_wait<0>();
           fence_operands(sc);
         }
-        take_other(sa, alpha0, alpha1);  // P_a published: S_a has completed (S_b was waited)
-        if (prefetch) issue_q(next);
+        take_other(sa, alpha0, alpha1);
         rescale(alpha0, alpha1);
         pv_other(sa);
         if (has_b) {
@@ -302,7 +285,6 @@ __device__ __forceinline__ void math_pingpong(const MlaDecodeParams& p, SharedSt
       }
     }
     iter = iter0 + (hi - lo);
-    q_prefetched = next_live;
 
     write_output<T>(p, s, walk, i, kv_head, m_tile, math_tid, o, m0, m1, l0, l1);
   }
