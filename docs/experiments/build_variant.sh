@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# usage: mkvar2.sh NAME "patch1 patch2..." [sed-script] [targets...]; from HEAD; copies bench_decode (+ test_gpu, lib if asked)
+# usage: build_variant.sh NAME "patch1 patch2..." [sed-script] [targets...]: HEAD plus the patches
+# (absolute paths) and the sed script, built in a worktree; copies bench_decode (and test_gpu,
+# test_fp8_cache, libflashmla.a if named as targets) to $EXP_DIR (default build/exp) as
+# bench_NAME, test_gpu_NAME, test_fp8_cache_NAME, libflashmla_NAME.a.
 set -e
 N=$1; P=$2; S=$3; shift 3
 cd /work/main
@@ -12,11 +15,13 @@ if [ -n "$S" ]; then bash $S; fi
 cmake -S . -B b -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASHMLA_BUILD_TESTS=ON -DFLASHMLA_BUILD_BENCHMARKS=ON > /dev/null
 cmake --build b --target bench_decode "$@" > /tmp/v_$N.log 2>&1 || { tail -30 /tmp/v_$N.log; exit 1; }
 grep -c C75 /tmp/v_$N.log | sed "s/^/C75 count: /"
-cp b/bench_decode /work/main/build/exp/bench_$N
+E=/work/main/${EXP_DIR:-build/exp}; mkdir -p $E
+cp b/bench_decode $E/bench_$N
 for t in "$@"; do
   case $t in
-    test_gpu) cp b/test_gpu /work/main/build/exp/test_gpu_$N ;;
-    flashmla) cp b/libflashmla.a /work/main/build/exp/libflashmla_$N.a ;;
+    test_gpu) cp b/test_gpu $E/test_gpu_$N ;;
+    test_fp8_cache) cp b/test_fp8_cache $E/test_fp8_cache_$N ;;
+    flashmla) cp b/libflashmla.a $E/libflashmla_$N.a ;;
   esac
 done
 cd /work/main && git worktree remove --force /tmp/v_$N
