@@ -11,6 +11,7 @@
 #include "scheduler/plan.h"
 #include "sm90/decode_config.h"
 #include "sm90/ptx.cuh"
+#include "sm90/ring.cuh"
 #include "element.cuh"
 #include "seqlen.cuh"
 
@@ -113,18 +114,17 @@ constexpr int kMinTmaPage = 16;
 
 __device__ __forceinline__ int log2_pow2(int x) { return __ffs(x) - 1; }
 
-// Use `use` of a stage (the iter-th tile of the part lands in stage iter % kStages) may be
-// filled once both math warpgroups released use - 1 (phase parity below); the first kStages
-// uses find it empty.
-__device__ __forceinline__ uint32_t empty_parity(int iter) { return ((iter / kStages) + 1) & 1; }
+// The KV stages: the iter-th tile of the part lands in stage KvRing::slot(iter), which may be
+// filled once both math warpgroups released its previous use (sm90/ring.cuh).
+using KvRing = Ring<kStages>;
 __device__ __forceinline__ void wait_stage_free(SharedStorage& s, int iter) {
   if (iter < kStages) return;
-  mbar_wait(&s.empty[iter % kStages][0], empty_parity(iter));
-  mbar_wait(&s.empty[iter % kStages][1], empty_parity(iter));
+  mbar_wait(&s.empty[KvRing::slot(iter)][0], KvRing::empty_phase(iter));
+  mbar_wait(&s.empty[KvRing::slot(iter)][1], KvRing::empty_phase(iter));
 }
 __device__ __forceinline__ bool stage_free(SharedStorage& s, int iter) {
-  return iter < kStages || (mbar_test(&s.empty[iter % kStages][0], empty_parity(iter)) &&
-                            mbar_test(&s.empty[iter % kStages][1], empty_parity(iter)));
+  return iter < kStages || (mbar_test(&s.empty[KvRing::slot(iter)][0], KvRing::empty_phase(iter)) &&
+                            mbar_test(&s.empty[KvRing::slot(iter)][1], KvRing::empty_phase(iter)));
 }
 // Producers that fill a stage as a whole (gather, FP8) complete all its sub-tile barriers.
 __device__ __forceinline__ void arrive_all_sub_tiles(SharedStorage& s, int stage) {

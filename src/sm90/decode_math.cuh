@@ -81,8 +81,8 @@ __device__ __forceinline__ void math_pingpong(const MlaDecodeParams& p, SharedSt
     // of a tile runs before warpgroup 1's on the tensor cores), then warpgroup 1's, then RoPE
     // (P until the second PV is done). A tile with rows past the sequence end is zeroed first.
     auto issue_s = [&](float (&acc)[32], int it, int blk) {
-      const int stage = it % kStages;
-      const uint32_t parity = (it / kStages) & 1;
+      const int stage = KvRing::slot(it);
+      const uint32_t parity = KvRing::phase(it);
       const int valid = seqlen - blk * kBlockN;
       if (valid < kBlockN || gather) {
 #pragma unroll 1
@@ -229,7 +229,7 @@ __device__ __forceinline__ void math_pingpong(const MlaDecodeParams& p, SharedSt
     const int iter0 = iter;
     for (int blk = lo; blk < hi; blk += 2) {
       const int it = iter0 + (blk - lo);
-      const int sa = it % kStages, sb = (it + 1) % kStages;
+      const int sa = KvRing::slot(it), sb = KvRing::slot(it + 1);
       const bool has_b = blk + 1 < hi;
       float sc[32];
       uint32_t pa[16];

@@ -29,7 +29,7 @@ __device__ __forceinline__ void producer_tma(const MlaDecodeParams& p, const CUt
   const int half = warp / 2;  // which math warpgroup's release this warp waits for
   int iter = 0;
   for (TileCursor tile(p, walk); tile.valid(p, walk); tile.advance(p, walk), ++iter) {
-    const int stage = iter % kStages;
+    const int stage = KvRing::slot(iter);
     const TilePages pages(p, tile, box_shift, page_shift);  // before the stage wait
     // After the waits only shifts and masks: the refill is on the critical path of CTAs with
     // many tiles, and a runtime divisor here cost up to 20% at h_q = 128 (docs/perf-log.md v8).
@@ -45,11 +45,11 @@ __device__ __forceinline__ void producer_tma(const MlaDecodeParams& p, const CUt
                     t * kSubCols, tok & (p.page_block_size - 1), kv_head, pages.of(b));
       }
     };
-    if (iter >= kStages) mbar_wait(&s.empty[stage][half], empty_parity(iter));
+    if (iter >= kStages) mbar_wait(&s.empty[stage][half], KvRing::empty_phase(iter));
     issue(2 * warp);
     issue(2 * warp + 1);
     if (warp == 3) {
-      if (iter >= kStages) mbar_wait(&s.empty[stage][0], empty_parity(iter));
+      if (iter >= kStages) mbar_wait(&s.empty[stage][0], KvRing::empty_phase(iter));
       issue(kSubTiles - 1);
     }
   }
@@ -68,7 +68,7 @@ __device__ __forceinline__ void producer_gather(const MlaDecodeParams& p, Shared
   const auto* k_cache = static_cast<const uint16_t*>(p.k_cache);
   int iter = 0;
   for (TileCursor tile(p, walk); tile.valid(p, walk); tile.advance(p, walk), ++iter) {
-    const int stage = iter % kStages;
+    const int stage = KvRing::slot(iter);
     const int seqlen = tile.seqlen;
     // Lane j < 16 looks up the page of the warp's j-th row, before the stage wait.
     const int my_tok = tile.blk * kBlockN + warp + kProducerWarps * (lane % kRowsPerWarp);
@@ -209,7 +209,7 @@ __device__ __forceinline__ void issue_fp8_boxes(const MlaDecodeParams& p, const 
 __device__ __forceinline__ void issue_fp8_tile(const MlaDecodeParams& p, const KvMaps& maps,
                                                SharedStorage& s, const TileCursor& tile, int iter,
                                                int kv_head) {
-  const int stage = iter % kStages;
+  const int stage = KvRing::slot(iter);
   char* base = reinterpret_cast<char*>(s.kv[stage]);
   issue_fp8_boxes(p, &maps.kv, maps, tile, kv_head, base + kFp8StagingOffset, base,
                   s.kv[stage][kSubTiles - 1], &s.staged[stage]);
@@ -251,8 +251,8 @@ __device__ __forceinline__ void producer_fp8(const MlaDecodeParams& p, const KvM
           if (issued == want) try_issue(want == iter);
         }
       }
-      const int stage = iter % kStages;
-      mbar_wait(&s.staged[stage], (iter / kStages) & 1);
+      const int stage = KvRing::slot(iter);
+      mbar_wait(&s.staged[stage], KvRing::phase(iter));
       expand_fp8_tile(s, stage, opaque(row0), half);
     }
     return;
@@ -260,7 +260,7 @@ __device__ __forceinline__ void producer_fp8(const MlaDecodeParams& p, const KvM
 
   int iter = 0;
   for (TileCursor tile(p, walk); tile.valid(p, walk); tile.advance(p, walk), ++iter) {
-    const int stage = iter % kStages;
+    const int stage = KvRing::slot(iter);
     char* base = reinterpret_cast<char*>(s.kv[stage]);
     // The ~30 swizzled shared addresses of this row are loop-invariant; hoisted out of the
     // loop they do not fit in the producer's 40 registers and spill. Recomputing them per

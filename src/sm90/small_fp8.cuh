@@ -19,6 +19,7 @@
 #include "fp8_record.cuh"
 #include "sm90/decode_common.cuh"
 #include "sm90/decode_producers.cuh"
+#include "sm90/ring.cuh"
 #include "sm90/small_config.h"
 
 namespace flashmla::sm90 {
@@ -34,11 +35,9 @@ __device__ __forceinline__ char* fp8_p(SmallStorage& s, int buf, int group) {
   return fp8_plan(s) + Fp8Plan<kBlocks>::kPOffset + (buf * 4 + group) * Fp8Plan<kBlocks>::kPBytes;
 }
 
-// Tile n of the part: its stage and the stage's phase (staged_full; staged_empty one lap behind).
+// Tile n of the part: its stage and phases (staged_full; staged_empty one lap behind).
 template <int kBlocks>
-__device__ __forceinline__ int fp8_stage_of(int n) { return n % Fp8Plan<kBlocks>::kStages; }
-template <int kBlocks>
-__device__ __forceinline__ uint32_t fp8_phase_of(int n) { return (n / Fp8Plan<kBlocks>::kStages) & 1; }
+using Fp8Ring = Ring<Fp8Plan<kBlocks>::kStages>;
 
 // One thread: each tile's latent bytes, RoPE and scales into the next stage once the values
 // warpgroup has released it. Pages past the sequence end are not read.
@@ -47,8 +46,8 @@ __device__ __forceinline__ void small_tma_fp8(const MlaDecodeParams& p, const Kv
                                               SmallStorage& s, const PartWalk& walk, int kv_head) {
   int n = 0;
   for (TileCursor tile(p, walk); tile.valid(p, walk); tile.advance(p, walk), ++n) {
-    const int st = fp8_stage_of<kBlocks>(n);
-    if (n >= Fp8Plan<kBlocks>::kStages) mbar_wait(&s.staged_empty[st], fp8_phase_of<kBlocks>(n) ^ 1);
+    const int st = Fp8Ring<kBlocks>::slot(n);
+    if (n >= Fp8Plan<kBlocks>::kStages) mbar_wait(&s.staged_empty[st], Fp8Ring<kBlocks>::empty_phase(n));
     char* base = fp8_stage<kBlocks>(s, st);
     issue_fp8_boxes(p, &maps.fp8_latent_sw128, maps, tile, kv_head, base, base + kFp8ScalesOffset,
                     base + kFp8RopeOffset, &s.staged_full[st]);

@@ -19,23 +19,13 @@
 #include "fp8_record.cuh"
 #include "sm90/decode_common.cuh"
 #include "sm90/decode_producers.cuh"
+#include "sm90/ring.cuh"
 #include "sm90/small_config.h"
 #include "sm90/small_fp8.cuh"
 
 namespace flashmla::sm90 {
 
-// A position in a ring of `slots` entries and the phase of its current lap: consumers wait for
-// `full` with `phase`, the producer for `empty` with `phase ^ 1` (the first lap finds it free).
-struct RingPos {
-  int slot = 0;
-  uint32_t phase = 0;
-  __device__ void advance(int slots) {
-    if (++slot == slots) {
-      slot = 0;
-      phase ^= 1;
-    }
-  }
-};
+using SubTileRing = RingCursor<kSmallSlots16>;  // the 16-bit sub-tile ring (sm90/ring.cuh)
 
 // A scores warpgroup's own barriers: row block 1 uses the ids above block 0's.
 __device__ __forceinline__ int small_barrier_id(SmallBarrier b, int block) {
@@ -62,14 +52,14 @@ __device__ __forceinline__ void small_tma_16bit(const MlaDecodeParams& p, const 
   const int page_shift = log2_pow2(p.page_block_size);
   const int box_shift = min(page_shift, log2_pow2(kBlockN));
   const int box_rows = 1 << box_shift;
-  RingPos pos;
+  SubTileRing pos;
   int n = 0;  // sub-tiles so far; this thread issues those with n % issuers == issuer
   for (TileCursor tile(p, walk); tile.valid(p, walk); tile.advance(p, walk)) {
     const TilePages pages(p, tile, box_shift, page_shift);
 #pragma unroll 1
     for (int t = 0; t < kSubTiles; ++t, ++n) {
       if ((n & (issuers - 1)) != issuer) {  // issuers: 1 or 4 (a runtime % cost 20%)
-        pos.advance(kSmallSlots16);
+        pos.advance();
         continue;
       }
       mbar_wait(&s.empty[pos.slot], pos.phase ^ 1);
@@ -81,7 +71,7 @@ __device__ __forceinline__ void small_tma_16bit(const MlaDecodeParams& p, const 
         tma_load_4d(dst + b * box_rows * 128, map, &s.full[pos.slot], t * kSubCols,
                     tok & (p.page_block_size - 1), kv_head, pages.of(b));
       }
-      pos.advance(kSmallSlots16);
+      pos.advance();
     }
   }
 }
@@ -100,7 +90,7 @@ __device__ __forceinline__ void small_gather_16bit(const MlaDecodeParams& p, Sma
   const int chunk = tid % 8;
   const int row0 = tid % 32 / 8 + 4 * (tid / 32);
   const auto* k_cache = static_cast<const uint16_t*>(p.k_cache);
-  RingPos pos;
+  SubTileRing pos;
   for (TileCursor tile(p, walk); tile.valid(p, walk); tile.advance(p, walk)) {
     const int live = min(tile.seqlen - tile.blk * kBlockN, kBlockN);
     const uint16_t* src[4];
@@ -120,7 +110,7 @@ __device__ __forceinline__ void small_gather_16bit(const MlaDecodeParams& p, Sma
         if (row < live) cp_async_16(dst + swizzled_offset(row, chunk * 8), src[j] + t * kSubCols);
       }
       cp_async_mbar_arrive(&s.full[pos.slot]);
-      pos.advance(kSmallSlots16);
+      pos.advance();
     }
   }
 }
@@ -141,7 +131,7 @@ __device__ __forceinline__ int small_uniform(int v) { return __shfl_sync(0xfffff
 // S^T of one tile into sc (the scores of this thread's tokens tok0 / tok1, columns ci), 16-bit
 // caches: the nine sub-tiles from the ring, released RoPE-first by the caller.
 template <typename T, bool kGather>
-__device__ __forceinline__ void small_scores_16bit(SmallStorage& s, RingPos& pos, int valid, int tid,
+__device__ __forceinline__ void small_scores_16bit(SmallStorage& s, SubTileRing& pos, int valid, int tid,
                                                    float (&sc)[8], int& rope_slot) {
   const uint64_t k_desc0 = make_desc_sw128(smem_addr(small_slot(s, 0)), 16, 1024);  // A K-major
   const uint64_t q_desc0 = make_desc_sw128(smem_addr(s.q), 16, 1024);               // B K-major
@@ -171,7 +161,7 @@ __device__ __forceinline__ void small_scores_16bit(SmallStorage& s, RingPos& pos
       wgmma_m64n16k16<T, 0>(part[k], desc_advance(k_desc0, pos.slot * kSubTileBytes + k * 32),
                             desc_advance(q_desc0, t * kSmallRows * 128 + k * 32), t > 0);
     }
-    pos.advance(kSmallSlots16);
+    pos.advance();
   }
   wgmma_commit();
   wgmma_wait<0>();
@@ -264,7 +254,7 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
   const float scale_log2 = p.softmax_scale * 1.4426950408889634f;
   const int r0 = block * kSmallRows;  // this warpgroup's first query row
 
-  RingPos pos;
+  SubTileRing pos;
   int n = 0;  // tiles of the part so far: P buffer n % 2, red_max and red_smax buffer too
   for (int i = walk.batch_begin; i <= walk.batch_end && i < p.batch; ++i) {
     const int seqlen = small_uniform(kernel_seqlen(p, i));
@@ -308,8 +298,8 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
       float sc[8];
       float4 scale0, scale1;  // FP8: the group scales of tokens tok0, tok1 (for P^T)
       if constexpr (kFp8) {
-        const int st = fp8_stage_of<kBlocks>(n);
-        mbar_wait(&s.staged_full[st], fp8_phase_of<kBlocks>(n));
+        const int st = Fp8Ring<kBlocks>::slot(n);
+        mbar_wait(&s.staged_full[st], Fp8Ring<kBlocks>::phase(n));
         small_scores_fp8<kBlocks>(s, st, block, f, unscale, sc, scale0, scale1);
       } else {
         int rope_slot;
@@ -479,7 +469,7 @@ __device__ __forceinline__ void small_scores(const MlaDecodeParams& p, SmallStor
 // Two commit groups of four blocks, issued k-step-major so that consecutive wgmmas are
 // independent; each group's four slots are released as soon as it is done.
 template <typename T, bool kGather>
-__device__ __forceinline__ void small_values_16bit(SmallStorage& s, RingPos& pos, int buf, int tid,
+__device__ __forceinline__ void small_values_16bit(SmallStorage& s, SubTileRing& pos, int buf, int tid,
                                                    float (&o)[8][8]) {
   int slot[kSubTiles - 1];
 #pragma unroll
@@ -490,7 +480,7 @@ __device__ __forceinline__ void small_values_16bit(SmallStorage& s, RingPos& pos
       slot[t] = pos.slot;
       mbar_wait(&s.full[pos.slot], pos.phase);
     }
-    pos.advance(kSmallSlots16);
+    pos.advance();
   }
   if constexpr (kGather) fence_proxy_async();  // cp.async writes: generic proxy; wgmma: async proxy
   const uint64_t v_desc0 = make_desc_sw128(smem_addr(small_slot(s, 0)), kSubTileBytes, 1024);  // A MN-major
@@ -571,7 +561,7 @@ __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStor
   const int dim0 = kFp8 ? 16 * f.warp + 2 * f.g : f.tok0;
   const int dim1 = dim0 + (kFp8 ? 1 : 8);
 
-  RingPos pos;
+  SubTileRing pos;
   int n = 0;
   for (int i = walk.batch_begin; i <= walk.batch_end && i < p.batch; ++i) {
     const int seqlen = small_uniform(kernel_seqlen(p, i));
@@ -591,8 +581,8 @@ __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStor
       named_barrier_sync(static_cast<int>(SmallBarrier::kPFull0) + buf, small_handoff_threads(kBlocks));
       float gf[4] = {1.f, 1.f, 1.f, 1.f};  // FP8: rescale of the group blocks of O
       if constexpr (kFp8) {
-        char* stage = fp8_stage<kBlocks>(s, fp8_stage_of<kBlocks>(n));
-        mbar_wait(&s.staged_full[fp8_stage_of<kBlocks>(n)], fp8_phase_of<kBlocks>(n));  // visibility
+        char* stage = fp8_stage<kBlocks>(s, Fp8Ring<kBlocks>::slot(n));
+        mbar_wait(&s.staged_full[Fp8Ring<kBlocks>::slot(n)], Fp8Ring<kBlocks>::phase(n));  // visibility
         // Rows past the sequence end hold whatever the stage had (e4m3 NaN included, which the
         // f16 conversion keeps): zero them, since O^T multiplies them by P = 0. The scores
         // warpgroups are done with this stage (they handed P^T over).
@@ -638,8 +628,8 @@ __device__ __forceinline__ void small_values(const MlaDecodeParams& p, SmallStor
 #pragma unroll
       for (int j = 0; j < 8; ++j) fence_operands(o[j]);
       if constexpr (kFp8) {
-        small_values_fp8<kBlocks>(s, fp8_stage_of<kBlocks>(n), buf, f.warp, lane, o);
-        if (tid == 0) mbar_arrive(&s.staged_empty[fp8_stage_of<kBlocks>(n)]);
+        small_values_fp8<kBlocks>(s, Fp8Ring<kBlocks>::slot(n), buf, f.warp, lane, o);
+        if (tid == 0) mbar_arrive(&s.staged_empty[Fp8Ring<kBlocks>::slot(n)]);
       } else {
         static_assert(kFp8 || kBlocks == 1, "16-bit caches: one row block");
         small_values_16bit<T, kGather>(s, pos, buf, tid, o);
