@@ -8,7 +8,6 @@
 #include <cuda_fp16.h>
 
 #include <cstdlib>
-#include <mutex>
 #include <string>
 #include <type_traits>
 
