@@ -2,12 +2,12 @@
 # usage: build_variant.sh NAME "patch1 patch2..." [sed-script] [targets...]: HEAD plus the patches
 # (absolute paths) and the sed script, built in a worktree; copies bench_decode (and test_gpu,
 # test_fp8_cache, libflashmla.a if named as targets) to $EXP_DIR (default build/exp) as
-# bench_NAME, test_gpu_NAME, test_fp8_cache_NAME, libflashmla_NAME.a.
+# bench_NAME, test_gpu_NAME, test_fp8_cache_NAME, libflashmla_NAME.a. $REV: another base commit.
 set -e
 N=$1; P=$2; S=$3; shift 3
 cd /work/main
 rm -rf /tmp/v_$N; git worktree prune
-git worktree add -f -q /tmp/v_$N HEAD
+git worktree add -f -q /tmp/v_$N ${REV:-HEAD}
 cd /tmp/v_$N
 for x in $P; do patch -p1 --fuzz=3 -s < $x; done
 rm -f $(git ls-files --others --exclude-standard | grep '\.orig$') 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Session 19's pending experiments, built on the CPU machine into build/exp19 (~40 MB; carry it
 # whole to the GPU and run docs/experiments/s19run.sh there). Each binary is HEAD plus patches:
-#   head      HEAD (v22 kernels and plan; the launch helper of src/launch.h)
+#   v22       b254d44, session 18's landed tree (before the launch helper)
+#   head      HEAD (v22 kernels and plan; the launch helper of src/launch.h, the ring refactor)
 #   all       + ov2small qprefetch startpf combpre (the candidate: its tests run too)
 #   no_<x>    all but patch x (what x adds to the candidate)
 #   ov3, ov4  all + the wide kernel's plan overhead 3 / 4
@@ -16,6 +17,7 @@ export EXP_DIR=build/exp19
 rm -rf $EXP_DIR
 ALL="ov2small qprefetch startpf combpre"
 paths() { for x in "$@"; do echo -n "$X/s19-$x.patch "; done; }
+REV=b254d44 bash $X/build_variant.sh v22 "" "" | tail -1
 bash $X/build_variant.sh head "" "" | tail -1
 bash $X/build_variant.sh all "$(paths $ALL)" "" test_gpu test_fp8_cache flashmla | tail -2
 for x in $ALL; do

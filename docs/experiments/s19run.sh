@@ -2,7 +2,7 @@
 # Session 19's pending GPU call (build first with docs/experiments/s19build.sh; carry build/exp19).
 # 1. The candidate's tests (HEAD + ov2small qprefetch startpf combpre): C++ GPU tests, FP8 cache
 #    tests, the binding against its core, pytest and the 48-config matrix.
-# 2. A/B, two interleaved repeats: head, all, all minus each patch, all with the wide overhead
+# 2. A/B, two interleaved repeats: v22 (session 18's tree), head, all, all minus each patch, all with the wide overhead
 #    3 and 4 (BF16 rows: 16-row and wide latency configs; FP8: 16-row configs), decode_us and
 #    sched_decode_us; the candidate's host_us against head's.
 # 3. The candidate's tables (bench --matrix --latency, BF16 and FP8).
@@ -25,7 +25,7 @@ timeout 60 $E/test_fp8_cache_all > $R/fp8.log 2>&1; echo fp8 cache rc=$?; grep -
 timeout 150 $E/test_gpu_all > $R/test_gpu.log 2>&1; echo test_gpu rc=$? $(el); grep -E "^\[  (PASSED|FAILED) |FAILED  \]" $R/test_gpu.log | head -5
 pack
 ab() {  # one interleaved repeat
-  for x in head all no_ov2small no_qprefetch no_startpf no_combpre ov3 ov4; do
+  for x in v22 head all no_ov2small no_qprefetch no_startpf no_combpre ov3 ov4; do
     timeout 90 $E/bench_$x --no-matrix "${C16[@]}" "${CW[@]}" --json $R/a_${x}_r$1.json > $R/a_${x}_r$1.log 2>&1; echo $x rc=$? $(el)
   done
   for x in head all no_ov2small no_startpf no_combpre; do
