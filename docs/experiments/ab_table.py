@@ -13,7 +13,8 @@ for f in sorted(glob.glob(f"{R}/{prefix}_*_r*.json")):
         print(f, e); continue
     for r in res:
         k = "%s %s b%d h%d sq%d sk%d p%d" % (r["regime"][:12], r["kv"], r["b"], r["h_q"], r["s_q"], r["sum_sk"] // r["b"], r["page"])
-        runs.setdefault(k, {})[tag] = r[field]
+        if r.get(field) is not None:  # older binaries lack newer fields (host_us)
+            runs.setdefault(k, {})[tag] = r[field]
 tags = sorted({t for v in runs.values() for t in v})
 print(field, "\n" + "config".ljust(44), " ".join(t[:10].rjust(10) for t in tags))
 for k, v in runs.items():
