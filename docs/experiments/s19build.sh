@@ -6,6 +6,7 @@
 #   all       + ov2small qprefetch startpf combpre (the candidate: its tests run too)
 #   no_<x>    all but patch x (what x adds to the candidate)
 #   ov3, ov4  all + the wide kernel's plan overhead 3 / 4
+#   combpre4  all + the combine's preload at 4 chunks too (s19-combpre4.sh)
 # Patches (docs/experiments/): s19-ov2small (plan overhead 2 up to 16 rows), s19-qprefetch (the
 # wide kernel's next Q under the last pair), s19-startpf (first page id prefetched at entry; the
 # small kernel's first Q before the length), s19-combpre (16-chunk combine loads its partials
@@ -24,5 +25,6 @@ for x in $ALL; do
   bash $X/build_variant.sh no_$x "$(paths $(echo $ALL | tr ' ' '\n' | grep -vx $x))" "" | tail -1
 done
 for ov in 3 4; do OV=$ov bash $X/build_variant.sh ov$ov "$(paths $ALL)" $X/s19-wideov.sh | tail -1; done
+bash $X/build_variant.sh combpre4 "$(paths $ALL)" $X/s19-combpre4.sh | tail -1
 cp $X/ab_table.py $EXP_DIR/
 du -sh $EXP_DIR

@@ -3,7 +3,7 @@
 # 1. The candidate's tests (HEAD + ov2small qprefetch startpf combpre): C++ GPU tests, FP8 cache
 #    tests, the binding against its core, pytest and the 48-config matrix.
 # 2. A/B, two interleaved repeats: v22 (session 18's tree), head, all, all minus each patch, all with the wide overhead
-#    3 and 4 (BF16 rows: 16-row and wide latency configs; FP8: 16-row configs), decode_us and
+#    3 and 4, all with the combine's preload at 4 chunks (BF16 rows: 16-row and wide latency configs; FP8: 16-row configs), decode_us and
 #    sched_decode_us; the candidate's host_us against head's.
 # 3. The candidate's tables (bench --matrix --latency, BF16 and FP8).
 # Results in $OUT/s19run.tgz (r/), also packed after each step.
@@ -25,10 +25,10 @@ timeout 60 $E/test_fp8_cache_all > $R/fp8.log 2>&1; echo fp8 cache rc=$?; grep -
 timeout 150 $E/test_gpu_all > $R/test_gpu.log 2>&1; echo test_gpu rc=$? $(el); grep -E "^\[  (PASSED|FAILED) |FAILED  \]" $R/test_gpu.log | head -5
 pack
 ab() {  # one interleaved repeat
-  for x in v22 head all no_ov2small no_qprefetch no_startpf no_combpre ov3 ov4; do
+  for x in v22 head all no_ov2small no_qprefetch no_startpf no_combpre ov3 ov4 combpre4; do
     timeout 90 $E/bench_$x --no-matrix "${C16[@]}" "${CW[@]}" --json $R/a_${x}_r$1.json > $R/a_${x}_r$1.log 2>&1; echo $x rc=$? $(el)
   done
-  for x in head all no_ov2small no_startpf no_combpre; do
+  for x in head all no_ov2small no_startpf no_combpre combpre4; do
     timeout 60 $E/bench_$x --no-matrix --fp8 "${C16[@]}" --json $R/f_${x}_r$1.json > $R/f_${x}_r$1.log 2>&1; echo fp8 $x rc=$? $(el)
   done
 }
