@@ -5,7 +5,7 @@
 // Work is measured in KV blocks (64 tokens). Every non-empty sequence piece also costs ov
 // blocks (prologue, Q load, epilogue, and for split pieces the combine), so that many short
 // sequences are not packed as if they were free; ov may depend on the kernel that runs the
-// plan (split_overhead_blocks; 5 for both kernels for now).
+// plan (split_overhead_blocks: 5 for the wide kernel, 2 for the small-head kernel).
 //
 // The plan. Lay the sequences out on a line of "cost positions": sequence i has
 //   cost_i = nblocks_i > 0 ? nblocks_i + ov : 0,   C_i = cost_0 + ... + cost_{i-1},
@@ -51,7 +51,7 @@ namespace flashmla {
 // Overhead of a piece in KV blocks, by the kernel that runs the plan (split_overhead_blocks
 // below), and the slack of the whole-sequence rule (whole_sequences).
 constexpr int kSplitOverheadBlocks = 5;       // the wide kernel (more than 16 rows per kv head)
-constexpr int kSmallSplitOverheadBlocks = 5;  // the small-head kernel (up to 16 rows); see below
+constexpr int kSmallSplitOverheadBlocks = 2;  // the small-head kernel (up to 16 rows); see below
 constexpr int kWholeSlackBlocks = 5;          // what a cut costs, partials and combine included
 
 // Layout of one row of tile_scheduler_metadata.
@@ -76,10 +76,9 @@ namespace plan {
 // 17-32 rows run the small kernel with the wide kernel's figure). Measured on the H100
 // (docs/perf-log.md, sessions 13 and 18): the wide kernel's pair pipeline stalls at every
 // piece (epilogue, Q, refill), and its latency regimes improve up to 5 and not beyond (7: within
-// 1%, 10: up to +5%). The small kernel's piece costs about a Q load: 2 measured 2.2% faster at
-// b = 128 and varied lengths around 4k (FP8 0.6%) and b1_8k_h16 -0.5 us, with the whole-sequence
-// slack kept at 5; it stays 5 until that combination has passed the GPU tests (session 18 could
-// not get a machine for them).
+// 1%, 10: up to +5%). The small kernel's piece costs about a Q load: 2 measured 2.2-2.4% faster
+// at b = 128 and varied lengths around 4k (FP8 0.6%) and b1_8k_h16 -0.2 to -0.5 us, with the
+// whole-sequence slack kept at 5 (sessions 18 and 20).
 FLASHMLA_HOST_DEVICE inline int split_overhead_blocks(int rows_per_kv_head) {
   return rows_per_kv_head <= 16 ? kSmallSplitOverheadBlocks : kSplitOverheadBlocks;
 }
