@@ -483,31 +483,37 @@ def test_metadata_of_longer_lengths_does_not_hang():
     _assert_matches(out, lse, q, kv, table, [64000], causal=True)
 
 
+# Batch 2-3 runs the column-chunked combine, 24 the warp-per-row one (few pieces a sequence).
+@pytest.mark.parametrize("batch", [2, 24])
 @pytest.mark.parametrize("h_q", [16, 128])
-def test_metadata_of_an_empty_sequence_gives_nan(h_q):
+def test_metadata_of_an_empty_sequence_gives_nan(h_q, batch):
     # Sequence 0 was empty when planned (no pieces in num_splits) and has 50 tokens now: its
-    # output is NaN (not zeros that look like an empty sequence); sequence 1 is unaffected.
-    q, kv, table, lens = _case([50, 100], 1, h_q, 1)
-    meta, splits = get_mla_metadata(torch.tensor([0, 100], dtype=torch.int32, device="cuda"), h_q, 1)
+    # output is NaN (not zeros that look like an empty sequence); the others are unaffected.
+    rest = [100] * (batch - 1)
+    q, kv, table, lens = _case([50] + rest, 1, h_q, 1)
+    meta, splits = get_mla_metadata(torch.tensor([0] + rest, dtype=torch.int32, device="cuda"), h_q, 1)
     out, lse = flash_mla_with_kvcache(q, kv, table, lens, ref.HEAD_DIM_V, meta, splits, causal=True)
     assert torch.isnan(out[0]).all() and torch.isnan(lse[0]).all()
-    _assert_matches(out[1:], lse[1:], q[1:], kv, table[1:], [100], causal=True)
+    _assert_matches(out[1:], lse[1:], q[1:], kv, table[1:], rest, causal=True)
 
 
+@pytest.mark.parametrize("batch", [3, 24])
 @pytest.mark.parametrize("page", [1, 64])
 @pytest.mark.parametrize("h_q", [16, 128])
-def test_lengths_outside_the_table_give_nan(h_q, page):
+def test_lengths_outside_the_table_give_nan(h_q, page, batch):
     # Sequence 1 claims more tokens than its block_table row holds (the row's last entries
     # would be read past the row), sequence 2 a negative length: both NaN, computed from the
-    # table's pages only; sequence 0 is unaffected. The metadata matches these lengths. The
+    # table's pages only; the others are unaffected. The metadata matches these lengths. The
     # row's unused tail holds ref.UNUSED_PAGE_ID, which the page-1 gather must not follow.
-    q, kv, table, lens = _case([300, 5000, 70], 1, h_q, 1, page=page)
+    rest = [2000 + 37 * i for i in range(batch - 3)]
+    q, kv, table, lens = _case([300, 5000, 70] + rest, 1, h_q, 1, page=page)
     capacity = table.shape[1] * page
-    bad = torch.tensor([300, capacity + 1, -7], dtype=torch.int32, device="cuda")
+    bad = torch.tensor([300, capacity + 1, -7] + rest, dtype=torch.int32, device="cuda")
     meta, splits = get_mla_metadata(bad, h_q, 1)
     out, lse = flash_mla_with_kvcache(q, kv, table, bad, ref.HEAD_DIM_V, meta, splits, causal=True)
-    assert torch.isnan(out[1:]).all() and torch.isnan(lse[1:]).all()
-    _assert_matches(out[:1], lse[:1], q[:1], kv, table[:1], [300], causal=True)
+    assert torch.isnan(out[1:3]).all() and torch.isnan(lse[1:3]).all()
+    keep = [0] + list(range(3, batch))
+    _assert_matches(out[keep], lse[keep], q[keep], kv, table[keep], [300] + rest, causal=True)
 
 
 @pytest.mark.parametrize("page", [1, 64])
