@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Session 20, call 3 (build: docs/experiments/s20build3.sh; carry build/exp21): the
 # warp-per-row combine. Tests (C++ GPU, binding + pytest, matrix), A/B against v23 (BF16 wide
-# and 16-row configs, two interleaved repeats; FP8 16-row, one), ncu durations of the combine.
+# and 16-row configs, $REPS (2) interleaved repeats; FP8 16-row, one, unless FP8=0), ncu
+# durations of the combine.
 set -o pipefail
 export PYTHONUNBUFFERED=1
 E=build/exp21
@@ -15,12 +16,12 @@ C16=(--config 128,8192,16,1,1 --config 128,$L16,16,1,1 --config 4,8192,16,1,1 --
 CW=(--config 128,$L64a,64,1,1 --config 128,$L64,64,1,1 --config 128,$L128,128,2,1 --config 128,8192,128,1,0 --config 128,16384,128,2,1 --regime b1_64k_h128 --regime skew_b64 --regime quarter_empty_b16 --regime b256_short --regime mtp4_b32)
 timeout 150 $E/test_gpu_comb > $R/test_gpu.log 2>&1; echo test_gpu rc=$? $(el); grep -E "^\[  (PASSED|FAILED) |FAILED  \]" $R/test_gpu.log | head -8
 pack
-for rep in 1 2; do
+for rep in $(seq 1 ${REPS:-2}); do
   for x in v23 comb; do
     timeout 90 $E/bench_$x --no-matrix "${C16[@]}" "${CW[@]}" --json $R/a_${x}_r$rep.json > $R/a_${x}_r$rep.log 2>&1; echo $x rc=$? $(el)
   done
 done
-for x in v23 comb; do
+for x in $([ "${FP8:-1}" = 1 ] && echo v23 comb); do
   timeout 60 $E/bench_$x --no-matrix --fp8 "${C16[@]}" --config 128,8192,64,1,1 --json $R/f_${x}_r1.json > $R/f_${x}_r1.log 2>&1; echo fp8 $x rc=$? $(el)
 done
 for f in decode_us sched_decode_us; do python3 $E/ab_table.py $R a $f mean; done | tee $R/ab_table.txt
