@@ -2,21 +2,15 @@
 // n >= 2 pieces, weighting each piece by its softmax denominator (its LSE). Also writes the
 // empty-row result (out = 0, lse = +inf) for sequences with no piece at all (n == 0).
 //
-// Two kernels, chosen from shapes alone (the same choice under graph capture):
-// - combine_rows_kernel, when the sequences get a few pieces each (num_sm_parts < 8 * batch:
-//   batch >= 17 at 132 parts): one warp per (sequence, kv head, query row), four rows per CTA.
-//   A lane reads the LSE of one partial, the max, sum and weights are warp shuffles, and each
-//   lane merges 16 of the 512 columns with 16-byte loads and stores (a warp covers a row's
-//   contiguous 1 KiB). It replaced a CTA of 128 threads per row, whose block reductions and
-//   2-byte stores made the merge run at about half the copy rate: b=128 h_q=128 s_k=8192
-//   24.6 us for ~42 MB moved, b256_short 21.5 us (ncu, docs/perf-log.md session 20).
-// - combine_kernel<kChunks>, when they get many (b <= 16 at 132 parts): one CTA per row and
-//   per chunk of the 512 output columns, 4 chunks (num_sm_parts >= 8 * batch) or 16 (>= 128 *
-//   batch, i.e. b = 1). The CTA's 128 threads form kChunks groups, each covering the CTA's
-//   columns 4 per thread, group j taking the partials j, j + kChunks, ..., their sums added
-//   through shared memory: a row split n ways costs n / (8 kChunks) rounds of 8 overlapped
-//   4-value loads per thread instead of n / 8 (b=1, s_k=8k: 20.4 -> 15.0 us per call at 4
-//   chunks, 13.0 -> 12.4 at 16, docs/perf-log.md).
+// One CTA per (sequence, kv head, query row) and per chunk of the 512 output columns: 4 chunks
+// when the sequences are split many ways (num_sm_parts >= 8 * batch), 16 when very many
+// (>= 128 * batch, i.e. b = 1), else 1. With kChunks chunks the CTA's 128 threads form
+// kChunks groups, each covering the CTA's columns 4 per thread, group j taking the partials
+// j, j + kChunks, ..., their sums added through shared memory: a row split n ways costs
+// n / (8 kChunks) rounds of 8 overlapped 4-value loads per thread instead of n / 8 (b=1,
+// s_k=8k: 20.4 -> 15.0 us per call at 4 chunks, 13.0 -> 12.4 at 16, docs/perf-log.md).
+// One chunk is cheaper when each row has only a few partials (more CTAs,
+// each redoing the LSE reductions, cost more than the shorter chains).
 #include "element.cuh"
 
 #include <algorithm>
@@ -214,135 +208,9 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
     for (int c = 0; c < kColsPerThread; ++c) result[c] = NAN;
     lse_out = NAN;
   }
-  // Out rows are 16-byte aligned (combine_rows_kernel), so 4 columns are one 8-byte store.
-  const typename ElementOps<T>::Pair lo = ElementOps<T>::pack(result[0], result[1]);
-  const typename ElementOps<T>::Pair hi = ElementOps<T>::pack(result[2], result[3]);
-  *reinterpret_cast<uint2*>(out) = make_uint2(*reinterpret_cast<const uint32_t*>(&lo),
-                                              *reinterpret_cast<const uint32_t*>(&hi));
+  // Scalar stores: they assume nothing about the alignment of the out strides.
+  for (int c = 0; c < kColsPerThread; ++c) out[c] = ElementOps<T>::from_float(result[c]);
   if (threadIdx.x == 0 && blockIdx.z == 0) *lse = lse_out;
-}
-
-// The few-pieces combine: one warp per (sequence, kv head, query row), kRowWarps rows per CTA.
-// Lane l reads the LSE of partial l (of l + 32, ... past 32 pieces) and merges columns
-// 8 l .. 8 l + 7 and 256 + 8 l .. (two 16-byte chunks, so each warp-wide load and store covers
-// 512 contiguous bytes of the row). Out rows are 16-byte aligned (validate(): 16-byte aligned
-// base, strides multiples of 8 elements), as are the workspace's.
-constexpr int kRowWarps = kWarps;
-constexpr int kRowChunkCols = 8;  // 16 bytes of 16-bit elements
-
-template <typename T>
-__device__ __forceinline__ void unpack8(const uint4& u, float (&f)[kRowChunkCols]) {
-  const T* e = reinterpret_cast<const T*>(&u);
-#pragma unroll
-  for (int k = 0; k < kRowChunkCols; ++k) f[k] = ElementOps<T>::to_float(e[k]);
-}
-
-template <typename T>
-__global__ void __launch_bounds__(kThreads) combine_rows_kernel(const MlaDecodeParams p) {
-  const int b = blockIdx.x;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int h_per = p.num_heads_q / p.num_heads_kv;
-  const int rows = p.seqlen_q * h_per;
-  const int row = blockIdx.y * kRowWarps + warp;  // g * rows + r, as in combine_kernel
-
-  const int first = p.num_splits[b];
-  int n = p.num_splits[b + 1] - first;
-  const int seqlen = p.cache_seqlens[b];
-  // The same contract checks as combine_kernel (a broken call gives NaN, never a read out of
-  // the workspace). CTA-uniform: every warp of the CTA has the same sequence.
-  const bool broken = first < 0 || n < 0 ||
-                      static_cast<int64_t>(first) + n > static_cast<int64_t>(p.batch) + p.num_sm_parts ||
-                      (n > 0) != (seqlen > 0) || seqlen < 0 ||
-                      seqlen > table_capacity(p);
-  if (n == 1 && !broken) {  // the decode kernel wrote out and lse itself
-    if (blockIdx.x == 0 && blockIdx.y == 0) sm90::griddep_wait();  // see combine_kernel
-    return;
-  }
-  sm90::griddep_wait();
-  if (row >= p.num_heads_kv * rows) return;
-  if (broken) n = 0;
-  const int g = row / rows, r = row % rows;
-  const int s = r / h_per, h = g * h_per + r % h_per;
-
-  const int64_t split_stride = static_cast<int64_t>(p.num_heads_kv) * rows;
-  const float* lse2 = p.lse_accum + first * split_stride + row;
-  const T* o_part = static_cast<const T*>(p.o_accum) + (first * split_stride + row) * kHeadDimV +
-                    kRowChunkCols * lane;
-
-  // The first 32 LSEs are read once (the max, the sum and the weights reuse them).
-  const float l0 = lane < n ? lse2[lane * split_stride] : -INFINITY;
-  float m = l0;
-  for (int i = lane + 32; i < n; i += 32) m = fmaxf(m, lse2[i * split_stride]);
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-
-  float acc[2][kRowChunkCols] = {};
-  float lse_out = INFINITY;
-  if (m != -INFINITY) {  // warp-uniform
-    float sum = exp2f(l0 - m);  // exp2(-inf) = 0 past n
-    for (int i = lane + 32; i < n; i += 32) sum += exp2f(lse2[i * split_stride] - m);
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    const float total = m + log2f(sum);  // w_i = exp2(lse2_i - total), see combine_kernel
-    // A piece that saw no key (weight 0) may hold garbage or NaN: selected away, not
-    // multiplied (0 * NaN = NaN).
-    auto accumulate = [&](float w, const uint4 (&u)[2]) {
-      const bool use = w != 0.f;
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        float f[kRowChunkCols];
-        unpack8<T>(u[c], f);
-#pragma unroll
-        for (int k = 0; k < kRowChunkCols; ++k) acc[c][k] = use ? fmaf(w, f[k], acc[c][k]) : acc[c][k];
-      }
-    };
-    auto load = [&](int i, uint4 (&u)[2]) {
-      const T* src = o_part + i * split_stride * kHeadDimV;
-      u[0] = *reinterpret_cast<const uint4*>(src);
-      u[1] = *reinterpret_cast<const uint4*>(src + kHeadDimV / 2);
-    };
-    for (int base = 0; base < n; base += 32) {
-      const int count = min(n - base, 32);
-      const float wl = base == 0 ? exp2f(l0 - total)
-                                 : (lane < count ? exp2f(lse2[(base + lane) * split_stride] - total) : 0.f);
-      // Four partials' loads in flight before any is used (their L2 round trips overlap).
-      int i = 0;
-      for (; i + 3 < count; i += 4) {
-        uint4 u[4][2];
-#pragma unroll
-        for (int k = 0; k < 4; ++k) load(base + i + k, u[k]);
-#pragma unroll
-        for (int k = 0; k < 4; ++k) accumulate(__shfl_sync(0xffffffffu, wl, i + k), u[k]);
-      }
-      for (; i < count; ++i) {
-        uint4 u[2];
-        load(base + i, u);
-        accumulate(__shfl_sync(0xffffffffu, wl, i), u);
-      }
-    }
-    lse_out = total * kLn2;
-  }
-  if (broken) {
-#pragma unroll
-    for (int c = 0; c < 2; ++c)
-#pragma unroll
-      for (int k = 0; k < kRowChunkCols; ++k) acc[c][k] = NAN;
-    lse_out = NAN;
-  }
-  T* out = static_cast<T*>(p.out) + b * p.o_batch_stride + s * p.o_seq_stride + h * p.o_head_stride +
-           kRowChunkCols * lane;
-#pragma unroll
-  for (int c = 0; c < 2; ++c) {
-    uint4 v;
-    uint32_t* w = reinterpret_cast<uint32_t*>(&v);
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const typename ElementOps<T>::Pair pr = ElementOps<T>::pack(acc[c][2 * k], acc[c][2 * k + 1]);
-      w[k] = *reinterpret_cast<const uint32_t*>(&pr);
-    }
-    *reinterpret_cast<uint4*>(out + c * (kHeadDimV / 2)) = v;
-  }
-  if (lane == 0) p.lse[(static_cast<int64_t>(b) * p.num_heads_q + h) * p.seqlen_q + s] = lse_out;
 }
 
 // Dynamic shared memory that caps the combine at ceil(ctas / SMs) resident CTAs per SM, and
@@ -375,17 +243,15 @@ void launch_combine(const MlaDecodeParams& p, cudaStream_t stream) {
   // Sequences get about num_sm_parts / batch pieces each (decided from shapes alone, so the
   // choice is the same under graph capture): split the columns when that is many.
   const int chunks = p.num_sm_parts >= 128 * p.batch ? 16 : p.num_sm_parts >= 8 * p.batch ? 4 : 1;
-  const dim3 grid = chunks == 1 ? dim3(static_cast<unsigned>(p.batch),
-                                       static_cast<unsigned>((rows_all + kRowWarps - 1) / kRowWarps), 1)
-                                : dim3(static_cast<unsigned>(p.batch), static_cast<unsigned>(rows_all), chunks);
+  const dim3 grid(static_cast<unsigned>(p.batch), static_cast<unsigned>(rows_all), chunks);
   dispatch_element(p.dtype, [&](auto element) {
     using T = decltype(element);
     // A programmatic dependent launch of the decode kernel just queued (its CTAs trigger at
-    // entry, see griddep_wait() in the kernels). With few pieces a sequence most rows have one,
-    // and their CTAs exit while the decode runs (b256_short -1.3%, skew_b64 -2.2%, b=128 h64 s4k
+    // entry, see griddep_wait() in combine_kernel). With one chunk most rows have one piece, and
+    // their CTAs exit while the decode runs (b256_short -1.3%, skew_b64 -2.2%, b=128 h64 s4k
     // -2.8%); split many ways (b = 1), the early start hides the launch, and the grid is spread
     // by combine_spread_smem (perf-log session 18).
-    auto kernel = chunks == 16 ? combine_kernel<T, 16> : chunks == 4 ? combine_kernel<T, 4> : combine_rows_kernel<T>;
+    auto kernel = chunks == 16 ? combine_kernel<T, 16> : chunks == 4 ? combine_kernel<T, 4> : combine_kernel<T, 1>;
     const int dyn_smem = combine_spread_smem(reinterpret_cast<const void*>(kernel),
                                              static_cast<int64_t>(grid.x) * grid.y * grid.z);
     const PdlLaunch launch(grid, dim3(kThreads), static_cast<size_t>(dyn_smem), stream);

@@ -483,7 +483,7 @@ def test_metadata_of_longer_lengths_does_not_hang():
     _assert_matches(out, lse, q, kv, table, [64000], causal=True)
 
 
-# Batch 2-3 runs the column-chunked combine, 24 the warp-per-row one (few pieces a sequence).
+# Batch 2-3 runs the column-chunked combine (many pieces a sequence), 24 the one-chunk one.
 @pytest.mark.parametrize("batch", [2, 24])
 @pytest.mark.parametrize("h_q", [16, 128])
 def test_metadata_of_an_empty_sequence_gives_nan(h_q, batch):
