@@ -602,6 +602,25 @@ TEST_F(GpuTest, PaddedStridesOtherPageSizes) {
 
 // --- large shapes against the GPU reference --------------------------------------------------
 
+// Shapes whose CPU reference would take too long: the GPU reference (fp32, one thread per
+// row, no split) is the oracle, itself checked against the CPU in GpuReferenceMatchesCpu.
+void check_against_gpu_reference(const Shape& sh, cudaStream_t stream) {
+  const Problem h(sh);
+  DeviceProblem d(h);
+  d.out.poison(stream);
+  d.lse.poison(stream);
+  flashmla::mla_decode_reference_gpu(d.p, stream);
+  ck(cudaGetLastError(), "reference launch");
+  ck(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  const Result ref = fetch(h, d);
+  // The oracle must itself be sane before it judges anything.
+  for (float x : ref.out) ASSERT_FALSE(std::isnan(x)) << "NaN in GPU reference output";
+
+  Schedule sch(h, flashmla::num_sm_parts(device_sms(), h.rows(), sh.h_kv));
+  run_decode(d, sch, h, stream);
+  expect_close(ref, fetch(h, d), sh, describe(sh, sch.parts));
+}
+
 TEST_F(GpuTest, LargeBatchMatchesGpuReference) {
   cudaStream_t stream;
   ck(cudaStreamCreate(&stream), "cudaStreamCreate");
@@ -617,22 +636,34 @@ TEST_F(GpuTest, LargeBatchMatchesGpuReference) {
       sh.causal = true;
       std::uniform_int_distribution<int> len(7000, 9000);
       for (int i = 0; i < sh.b; ++i) sh.seqlens.push_back(i == 5 ? 0 : len(rng));
-      const Problem h(sh);
-      DeviceProblem d(h);
-
-      d.out.poison(stream);
-      d.lse.poison(stream);
-      flashmla::mla_decode_reference_gpu(d.p, stream);
-      ck(cudaGetLastError(), "reference launch");
-      ck(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-      const Result ref = fetch(h, d);
-      // The oracle must itself be sane before it judges anything.
-      for (float x : ref.out) ASSERT_FALSE(std::isnan(x)) << "NaN in GPU reference output";
-
-      Schedule sch(h, flashmla::num_sm_parts(device_sms(), h.rows(), sh.h_kv));
-      run_decode(d, sch, h, stream);
-      expect_close(ref, fetch(h, d), sh, describe(sh, sch.parts));
+      check_against_gpu_reference(sh, stream);
     }
+  ck(cudaStreamDestroy(stream), "cudaStreamDestroy");
+}
+
+// A batch of more than 16 (the combine's few-pieces kernel) with one long sequence split
+// across most parts (more than 32 pieces: the kernel's second round of LSEs) among short and
+// empty ones, as in the skew_b64 benchmark regime; two kv heads for the row mapping.
+TEST_F(GpuTest, SkewedLargeBatchMatchesGpuReference) {
+  cudaStream_t stream;
+  ck(cudaStreamCreate(&stream), "cudaStreamCreate");
+  unsigned seed = 3200;
+  struct Heads {
+    int h_q, h_kv, s_q;
+  };
+  for (Heads hd : {Heads{16, 1, 1}, Heads{32, 2, 2}, Heads{128, 1, 1}}) {
+    Shape sh;
+    sh.seed = ++seed;
+    std::mt19937 rng(sh.seed);
+    sh.b = 24;
+    sh.h_q = hd.h_q;
+    sh.h_kv = hd.h_kv;
+    sh.s_q = hd.s_q;
+    sh.causal = hd.s_q > 1;
+    std::uniform_int_distribution<int> len(1, 600);
+    for (int i = 0; i < sh.b; ++i) sh.seqlens.push_back(i == 7 ? 40000 : i % 5 == 2 ? 0 : len(rng));
+    check_against_gpu_reference(sh, stream);
+  }
   ck(cudaStreamDestroy(stream), "cudaStreamDestroy");
 }
 
