@@ -91,10 +91,11 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
     if (blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0) sm90::griddep_wait();
     return;
   }
-  // Launched as the decode's programmatic dependent (one chunk): everything above was written
-  // before the decode started (metadata, lengths), so rows the decode finishes itself (every
-  // row of a whole-sequence plan) leave without waiting, on SMs the decode leaves idle; the
-  // rest wait here for the decode's partials. Without the launch attribute this returns at once.
+  // Launched as the decode's programmatic dependent (one chunk): everything above was complete
+  // before any decode CTA triggered (after its own wait on the metadata kernel), so rows the
+  // decode finishes itself (every row of a whole-sequence plan) leave without waiting, on SMs
+  // the decode leaves idle; the rest wait here for the decode's partials. Without the launch
+  // attribute this returns at once.
   sm90::griddep_wait();
   if (broken) n = 0;
 
@@ -246,8 +247,8 @@ void launch_combine(const MlaDecodeParams& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(p.batch), static_cast<unsigned>(rows_all), chunks);
   dispatch_element(p.dtype, [&](auto element) {
     using T = decltype(element);
-    // A programmatic dependent launch of the decode kernel just queued (its CTAs trigger at
-    // entry, see griddep_wait() in combine_kernel). With one chunk most rows have one piece, and
+    // A programmatic dependent launch of the decode kernel just queued (its CTAs trigger after
+    // their own wait, see griddep_wait() in combine_kernel). With one chunk most rows have one piece, and
     // their CTAs exit while the decode runs (b256_short -1.3%, skew_b64 -2.2%, b=128 h64 s4k
     // -2.8%); split many ways (b = 1), the early start hides the launch, and the grid is spread
     // by combine_spread_smem (perf-log session 18).

@@ -692,12 +692,16 @@ __global__ void __launch_bounds__(kSmallThreads, 1)
     mla_decode_small_kernel(const __grid_constant__ MlaDecodeParams p,
                             const __grid_constant__ KvMaps maps) {
   extern __shared__ char smem_raw[];
-  griddep_launch_dependents();  // the combine's CTAs with nothing to merge exit under this grid
   // Launched as the programmatic dependent of the kernel before it (get_mla_metadata's in a
   // step that plans and decodes), which may still be running: wait before reading anything.
   // Waiting after the barrier setup instead cost the wide and the FP8 two-block kernels 4 and
   // 12 more bytes of spill (ptxas).
   griddep_wait();
+  // Only now: the combine CTAs this lets start read num_splits before their own wait, and
+  // after get_mla_metadata's kernel (this grid's PDL predecessor) num_splits is final only
+  // once the wait above returned. Triggering at entry let them read the previous plan's
+  // num_splits when this grid left SMs free (docs/design.md, Launches).
+  griddep_launch_dependents();  // the combine's CTAs with nothing to merge exit under this grid
   const uint32_t pad = (1024u - (smem_addr(smem_raw) & 1023u)) & 1023u;  // as mla_decode_kernel
   auto& s = *reinterpret_cast<SmallStorage*>(smem_raw + pad);
   const PartWalk walk(p.tile_scheduler_metadata + blockIdx.x * kMetadataInts);

@@ -500,7 +500,40 @@ std::vector<NamedShape> head_cases() {
   return v;
 }
 
+// 17-32 query rows per kv head on 16-bit pages of >= 16 tokens (two row blocks of 16 for a
+// kernel that packs rows by 16): 24 rows (the second block half padding) on 32-token pages,
+// MTP s_q = 4 x 8 heads (per-row causal limits across both blocks), 32 rows on 16-token pages,
+// and 32 rows per kv head of two; lengths at page and tile boundaries.
+std::vector<NamedShape> two_block_cases() {
+  struct TwoBlock {
+    const char* name;
+    int h_q, h_kv, s_q, page;
+    bool causal;
+  };
+  std::vector<NamedShape> v;
+  unsigned seed = 6300;
+  for (TwoBlock c : {TwoBlock{"H24_SQ1_Page32", 24, 1, 1, 32, false},
+                     TwoBlock{"H8_SQ4_Causal", 8, 1, 4, 64, true},
+                     TwoBlock{"H32_SQ1_Page16_Causal", 32, 1, 1, 16, true},
+                     TwoBlock{"H64_KV2_SQ1_Page128", 64, 2, 1, 128, false}}) {
+    Shape sh;
+    sh.seed = ++seed;
+    sh.h_q = c.h_q;
+    sh.h_kv = c.h_kv;
+    sh.s_q = c.s_q;
+    sh.page = c.page;
+    sh.causal = c.causal;
+    sh.seqlens = {0, 1, 3, c.page - 1, c.page + 1, 63, 64, 65, 1500, 2900};
+    std::mt19937 rng(sh.seed);
+    std::shuffle(sh.seqlens.begin(), sh.seqlens.end(), rng);
+    sh.b = static_cast<int>(sh.seqlens.size());
+    v.push_back({c.name, sh});
+  }
+  return v;
+}
+
 INSTANTIATE_TEST_SUITE_P(PageSizes, GpuCase, ::testing::ValuesIn(page_cases()), case_name);
+INSTANTIATE_TEST_SUITE_P(TwoRowBlocks, GpuCase, ::testing::ValuesIn(two_block_cases()), case_name);
 INSTANTIATE_TEST_SUITE_P(MultiToken, GpuCase, ::testing::ValuesIn(multi_token_cases()), case_name);
 INSTANTIATE_TEST_SUITE_P(Heads, GpuCase, ::testing::ValuesIn(head_cases()), case_name);
 
@@ -986,24 +1019,16 @@ TEST_F(GpuTest, MetadataMatchesHostPlanner) {
 
 // Capture metadata + decode once (global capture mode, as torch.cuda.graph uses by default),
 // then change seqlens / tables / data in place and replay: the schedule must follow.
-TEST_F(GpuTest, GraphReplayFollowsNewSeqlens) {
-  Shape a;
-  a.seed = 5000;
-  a.b = 6;
-  a.h_q = 128;
-  a.s_q = 2;
-  a.causal = true;
-  a.seqlens = {1500, 1, 0, 700, 64, 1900};
-  Shape b = a;
-  b.seed = 5001;
-  b.seqlens = {64, 1900, 1500, 0, 1, 700};  // same page count and max, so buffers fit
-
+// One graph of get_mla_metadata + mla_decode replayed over a, b, a: lengths that change under
+// the graph, and each replay's metadata kernel overwriting the previous plan while the decode
+// and combine of the new one start under PDL. parts 0: the library's count.
+void check_graph_replay(const Shape& a, const Shape& b, int parts) {
   const Problem ha(a), hb(b);
   ASSERT_EQ(ha.q_dev.size(), hb.q_dev.size());
   ASSERT_EQ(ha.k_dev.size(), hb.k_dev.size());
   ASSERT_EQ(ha.table.size(), hb.table.size());
   DeviceProblem d(ha);
-  Schedule sch(ha, flashmla::num_sm_parts(device_sms(), ha.rows(), a.h_kv));
+  Schedule sch(ha, parts > 0 ? parts : flashmla::num_sm_parts(device_sms(), ha.rows(), a.h_kv));
   sch.attach(d.p);
 
   cudaStream_t stream;
@@ -1036,6 +1061,37 @@ TEST_F(GpuTest, GraphReplayFollowsNewSeqlens) {
   ck(cudaGraphExecDestroy(exec), "cudaGraphExecDestroy");
   ck(cudaGraphDestroy(graph), "cudaGraphDestroy");
   ck(cudaStreamDestroy(stream), "cudaStreamDestroy");
+}
+
+TEST_F(GpuTest, GraphReplayFollowsNewSeqlens) {
+  Shape a;
+  a.seed = 5000;
+  a.b = 6;
+  a.h_q = 128;
+  a.s_q = 2;
+  a.causal = true;
+  a.seqlens = {1500, 1, 0, 700, 64, 1900};
+  Shape b = a;
+  b.seed = 5001;
+  b.seqlens = {64, 1900, 1500, 0, 1, 700};  // same page count and max, so buffers fit
+  check_graph_replay(a, b, 0);
+}
+
+// The same where the decode grid leaves SMs free (32 parts of the small-head kernel): its
+// combine CTAs can start early, and must not act on the previous replay's num_splits (a
+// sequence split in one plan and whole in the next swaps roles between a and b).
+TEST_F(GpuTest, GraphReplayFollowsNewSeqlensFewParts) {
+  for (int h_q : {16, 32}) {
+    Shape a;
+    a.seed = 5010 + h_q;
+    a.b = 4;
+    a.h_q = h_q;
+    a.seqlens = {6000, 64, 1, 0};
+    Shape b = a;
+    b.seed = 5011 + h_q;
+    b.seqlens = {64, 6000, 0, 1};
+    check_graph_replay(a, b, 32);
+  }
 }
 
 }  // namespace

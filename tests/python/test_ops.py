@@ -114,7 +114,7 @@ def test_decode_matches_reference(h_q, h_kv, s_q, lens_name):
 @pytest.mark.parametrize("lens_name", ["varlen", "skewed"])
 @pytest.mark.parametrize("s_q", [1, 2])
 @pytest.mark.parametrize("h_kv", [1, 2])
-@pytest.mark.parametrize("h_q", [16, 128])
+@pytest.mark.parametrize("h_q", [16, 32, 128])
 def test_fp16_matches_reference(h_q, h_kv, s_q, lens_name):
     seqlens = SEQLENS[lens_name]
     q, kv, table, lens = _case(seqlens, s_q, h_q, h_kv, dtype=torch.float16)
@@ -301,7 +301,7 @@ def test_opcheck_fake_kernels(dtype):
 # entries per sequence (then UNUSED_PAGE_ID), pages shuffled, every non-token slot NaN.
 
 PAGES = [1, 16, 32, 64, 128, 256]
-SQ_HQ = [(1, 16), (2, 128)]  # (s_q, h_q)
+SQ_HQ = [(1, 16), (2, 16), (2, 128)]  # (s_q, h_q): 16, 32 (two row blocks) and 256 rows
 
 
 @pytest.mark.parametrize("s_q,h_q", SQ_HQ, ids=[f"sq{s}-h{h}" for s, h in SQ_HQ])
