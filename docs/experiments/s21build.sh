@@ -10,7 +10,7 @@
 #   quarter4, merge4r: quarter / merge with 4 rows per warp (4x fewer combine CTAs: at b=128
 #           h_q=128 16k CTAs that mostly only read num_splits and leave)
 # quarter and merge with test_gpu and the core library (binding + pytest).
-set -e
+set -e -o pipefail
 cd /work/main
 X=$PWD/docs/experiments
 export EXP_DIR=build/exp22

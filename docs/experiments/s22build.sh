@@ -6,16 +6,16 @@
 #           kernel's two row blocks instead of the wide kernel's padded 64-row tile)
 #   tbov2   tb with the plan's piece overhead 2 (the small kernel's) up to 32 rows instead of 16
 #   all     quarter + merge + tb, with test_gpu, test_fp8_cache and the core library (its tests
-#           cover all three patches at once)
-set -e
+#           cover all three patches at once; test_gpu_merge and test_gpu_tb tell which failed)
+set -e -o pipefail
 cd /work/main
 X=$PWD/docs/experiments
 [ -x build/exp22/bench_merge ] || bash $X/s21build.sh
 export EXP_DIR=build/exp23
 rm -rf $EXP_DIR; mkdir -p $EXP_DIR
-cp build/exp22/bench_* build/exp22/ab_table.py $EXP_DIR/
+cp build/exp22/bench_* build/exp22/ab_table.py build/exp22/test_gpu_merge $EXP_DIR/
 echo "sed -i 's/return rows_per_kv_head <= 16 ? kSmallSplitOverheadBlocks/return rows_per_kv_head <= 32 ? kSmallSplitOverheadBlocks/' src/scheduler/plan.h" > /tmp/s22_ov2.sh
-bash $X/build_variant.sh tb "$X/s22-twoblock16.patch" "" | tail -1
+bash $X/build_variant.sh tb "$X/s22-twoblock16.patch" "" test_gpu | tail -1
 bash $X/build_variant.sh tbov2 "$X/s22-twoblock16.patch" /tmp/s22_ov2.sh | tail -1
 grep -q "rows_per_kv_head <= 16 ? kSmallSplitOverheadBlocks" src/scheduler/plan.h || { echo "ov2 sed no longer matches plan.h"; exit 1; }
 bash $X/build_variant.sh all "$X/s21-combquarter.patch $X/s21-merge.patch $X/s22-twoblock16.patch" "" test_gpu test_fp8_cache flashmla | tail -1

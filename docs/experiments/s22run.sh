@@ -22,7 +22,10 @@ C16=(--config 128,8192,16,1,1 --config 128,$L16,16,1,1 --config 4,8192,16,1,1 --
 C32=(--config 128,4096,32,1,1 --config 128,8192,32,1,1 --config 128,$L16,32,1,1 --config 128,$L64,32,1,1 --config 128,$L64,16,2,1 --config 1,8192,32,1,1 --config 1,32768,16,2,1 --config 4,8192,32,1,1)
 CW=(--config 128,$L64a,64,1,1 --config 128,$L64,64,1,1 --config 128,$L128,128,2,1 --config 128,8192,128,1,0 --config 128,16384,128,2,1 --regime b1_64k_h128 --regime skew_b64 --regime quarter_empty_b16 --regime b256_short --regime mtp4_b32)
 if [ "${TESTS:-1}" = 1 ]; then
-  timeout 300 $E/test_gpu_all > $R/test_gpu.log 2>&1; echo test_gpu all rc=$? $(el); grep -E "^\[  (PASSED|FAILED) |FAILED  \]" $R/test_gpu.log | head -12
+  timeout 300 $E/test_gpu_all > $R/test_gpu.log 2>&1; rc=$?; echo test_gpu all rc=$rc $(el); grep -E "^\[  (PASSED|FAILED) |FAILED  \]" $R/test_gpu.log | head -12
+  if [ $rc != 0 ]; then for x in merge tb; do  # which patch
+    timeout 300 $E/test_gpu_$x > $R/test_gpu_$x.log 2>&1; echo test_gpu $x rc=$? $(el); grep -E "FAILED  \]" $R/test_gpu_$x.log | head -8
+  done; fi
   timeout 60 $E/test_fp8_cache_all > $R/test_fp8_cache.log 2>&1; echo test_fp8_cache rc=$?; tail -n 1 $R/test_fp8_cache.log
 fi
 pack
