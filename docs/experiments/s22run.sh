@@ -27,6 +27,12 @@ if [ "${TESTS:-1}" = 1 ]; then
     timeout 300 $E/test_gpu_$x > $R/test_gpu_$x.log 2>&1; echo test_gpu $x rc=$? $(el); grep -E "FAILED  \]" $R/test_gpu_$x.log | head -8
   done; fi
   timeout 60 $E/test_fp8_cache_all > $R/test_fp8_cache.log 2>&1; echo test_fp8_cache rc=$?; tail -n 1 $R/test_fp8_cache.log
+  # The two-block 16-bit kernel's barriers and hand-offs (racecheck also flags the kPFull
+  # arrive-then-sync hand-off of fin_sum / fin_max, a pattern it does not model: perf-log v15).
+  for tool in synccheck racecheck; do
+    timeout 150 compute-sanitizer --tool $tool $E/test_gpu_all --gtest_filter='TwoRowBlocks/*:Shapes/GpuMatrix.*/hq32_sq1_hkv1_causal' > $R/san_$tool.log 2>&1
+    echo sanitizer $tool rc=$? $(el); grep -E "ERROR SUMMARY|hazard|Barrier" $R/san_$tool.log | sort | uniq -c | head -5
+  done
 fi
 pack
 for rep in $(seq $((1 + ${REP0:-0})) $((${REPS:-2} + ${REP0:-0}))); do
