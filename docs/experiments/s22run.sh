@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Session 22's variants (build: docs/experiments/s22build.sh; carry build/exp23).
-# TESTS=1: the tests of `all` (quarter + merge + two-block small kernel): C++ GPU, FP8 cache,
+# TESTS=1: the tests of `all` (quarter + merge + two-block small kernel + its vector epilogue): C++ GPU, FP8 cache,
 # binding + pytest against libflashmla_all.a, the 48-config matrix. Then the A/B of $VARIANTS
 # ($REPS interleaved repeats) over the wide, 16-row and 32-row configs and the latency regimes;
 # FP8 v23/all (one repeat, FP8=0 skips); ncu of the combine for $NCUV (NCU=0 skips).
@@ -8,7 +8,7 @@
 # tests only, ~6 min); second: TESTS=0 REPS=1 NCU=0 (every variant once, FP8, ~6 min); third:
 # TESTS=0 REPS=1 FP8=0 (the second repeat, then ncu; name its files r2: REP0=1).
 set -o pipefail
-VARIANTS=${VARIANTS:-v23 comb quarter quarter4 merge merge4r merge2 merge8 tb tbov2 all}
+VARIANTS=${VARIANTS:-v23 comb quarter quarter4 merge merge4r tb tbov2 tbvec all}
 export PYTHONUNBUFFERED=1
 E=build/exp23
 R=$OUT/r; mkdir -p $R
@@ -23,7 +23,7 @@ C32=(--config 128,4096,32,1,1 --config 128,8192,32,1,1 --config 128,$L16,32,1,1 
 CW=(--config 128,$L64a,64,1,1 --config 128,$L64,64,1,1 --config 128,$L128,128,2,1 --config 128,8192,128,1,0 --config 128,16384,128,2,1 --regime b1_64k_h128 --regime skew_b64 --regime quarter_empty_b16 --regime b256_short --regime mtp4_b32)
 if [ "${TESTS:-1}" = 1 ]; then
   timeout 300 $E/test_gpu_all > $R/test_gpu.log 2>&1; rc=$?; echo test_gpu all rc=$rc $(el); grep -E "^\[  (PASSED|FAILED) |FAILED  \]" $R/test_gpu.log | head -12
-  if [ $rc != 0 ]; then for x in merge tb; do  # which patch
+  if [ $rc != 0 ]; then for x in merge tbvec; do  # which patch
     timeout 300 $E/test_gpu_$x > $R/test_gpu_$x.log 2>&1; echo test_gpu $x rc=$? $(el); grep -E "FAILED  \]" $R/test_gpu_$x.log | head -8
   done; fi
   timeout 60 $E/test_fp8_cache_all > $R/test_fp8_cache.log 2>&1; echo test_fp8_cache rc=$?; tail -n 1 $R/test_fp8_cache.log
@@ -39,11 +39,11 @@ for rep in $(seq $((1 + ${REP0:-0})) $((${REPS:-2} + ${REP0:-0}))); do
   for x in $VARIANTS; do
     timeout 120 $E/bench_$x --no-matrix "${C16[@]}" "${C32[@]}" "${CW[@]}" --json $R/a_${x}_r$rep.json > $R/a_${x}_r$rep.log 2>&1; echo $x rc=$? $(el)
   done
-  [ "${PAGE16:-1}" = 1 ] && for x in v23 tb; do
+  [ "${PAGE16:-1}" = 1 ] && for x in v23 tb tbvec; do
     timeout 60 $E/bench_$x --no-matrix --page 16 "${C32[@]}" --json $R/p_${x}_r$rep.json > $R/p_${x}_r$rep.log 2>&1; echo page16 $x rc=$? $(el)
   done
 done
-for x in $([ "${FP8:-1}" = 1 ] && echo v23 all); do
+for x in $([ "${FP8:-1}" = 1 ] && echo v23 all); do  # FP8: only the merge and combine touch it
   timeout 60 $E/bench_$x --no-matrix --fp8 "${C16[@]}" "${C32[@]}" --config 128,8192,64,1,1 --json $R/f_${x}_r1.json > $R/f_${x}_r1.log 2>&1; echo fp8 $x rc=$? $(el)
 done
 for f in decode_us sched_decode_us; do python3 $E/ab_table.py $R a $f mean; done | tee $R/ab_table.txt
