@@ -13,6 +13,7 @@
 // o_accum / lse_accum are not part of MlaDecodeParams either: allocate at least
 // o_accum_elems() / lse_accum_elems() for the same batch, num_sm_parts and heads.
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -52,40 +53,22 @@ void require_aligned(const char* name, const void* ptr, uintptr_t bytes) {
                 str(ptr));
 }
 
-// Pointer queries are not stream work, but a thread in global capture mode may refuse any
-// call it deems unsafe and invalidate the capture; relaxed mode for the duration of the
-// checks keeps validate() (and so mla_decode) usable inside torch.cuda.graph capture.
-class RelaxedCaptureScope {
- public:
-  RelaxedCaptureScope() {
-    ok_ = cudaThreadExchangeStreamCaptureMode(&mode_) == cudaSuccess;
-    if (!ok_) (void)cudaGetLastError();  // e.g. no device: the caller's checks report that
-  }
-  ~RelaxedCaptureScope() {
-    if (ok_) cudaThreadExchangeStreamCaptureMode(&mode_);
-  }
-  RelaxedCaptureScope(const RelaxedCaptureScope&) = delete;
-  RelaxedCaptureScope& operator=(const RelaxedCaptureScope&) = delete;
-
- private:
-  cudaStreamCaptureMode mode_ = cudaStreamCaptureModeRelaxed;
-  bool ok_ = false;
-};
-
 // The runtime of a CPU-only machine cannot classify pointers at all; validation of shapes
 // must still work there (unit tests, building the params before a device is picked).
 bool cuda_device_present() {
-  static const bool present = [] {
-    RelaxedCaptureScope relaxed;  // the first call may come while a graph is being captured
-    int n = 0;
-    const cudaError_t err = cudaGetDeviceCount(&n);
-    if (err != cudaSuccess) {
-      (void)cudaGetLastError();  // do not leave our probe's error for the caller to find
-      return false;
-    }
-    return n > 0;
-  }();
-  return present;
+  // Only a success is kept: a failure (e.g. in a forked child where CUDA could not start yet)
+  // must not switch the pointer checks off for the rest of the process.
+  static std::atomic<bool> present{false};
+  if (present.load(std::memory_order_relaxed)) return true;
+  detail::RelaxedCaptureScope relaxed;  // the first call may come while a graph is being captured
+  int n = 0;
+  const cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();  // do not leave our probe's error for the caller to find
+    return false;
+  }
+  if (n > 0) present.store(true, std::memory_order_relaxed);
+  return n > 0;
 }
 
 void require_device_pointer(const char* name, const void* ptr) {
@@ -99,6 +82,13 @@ void require_device_pointer(const char* name, const void* ptr) {
   if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
     throw Error(std::string(name) + " must point to device or managed memory, got " +
                 (attr.type == cudaMemoryTypeHost ? "pinned host memory" : "unregistered host memory"));
+  // The kernels run on the current device; another GPU's memory is an illegal address there
+  // (without peer access), which would end the CUDA context instead of raising an error.
+  int dev = 0;
+  detail::check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  if (attr.type == cudaMemoryTypeDevice && attr.device != dev)
+    throw Error(std::string(name) + " is on device " + str(attr.device) + ", but the current device is " +
+                str(dev) + " (the kernels run on the current device)");
 }
 
 // A device buffer argument: its name (for the message) and the alignment the kernels need.
@@ -118,7 +108,10 @@ void require_buffers(const Buffer (&buffers)[N]) {
 template <size_t N>
 void require_device_buffers(const Buffer (&buffers)[N]) {
   if (!cuda_device_present()) return;
-  RelaxedCaptureScope relaxed;
+  // Pointer queries are not stream work, but a thread in global capture mode may refuse any
+  // call it deems unsafe and invalidate the capture: relaxed mode keeps validate() (and so
+  // mla_decode) usable inside torch.cuda.graph capture.
+  detail::RelaxedCaptureScope relaxed;
   for (const Buffer& b : buffers) require_device_pointer(b.name, b.ptr);
 }
 
@@ -324,8 +317,18 @@ void get_mla_metadata(const int32_t* cache_seqlens, int batch, int rows_per_kv_h
   require_non_null("cache_seqlens", cache_seqlens);
   require_non_null("tile_scheduler_metadata", tile_scheduler_metadata);
   require_non_null("num_splits", num_splits);
+  require_aligned("tile_scheduler_metadata", tile_scheduler_metadata, 16);
+  // The plan is written while the lengths are read (one CTA): overlaps would plan from lengths
+  // it has half overwritten.
+  const int64_t meta_bytes = int64_t{4} * kMetadataInts * num_sm_parts, splits_bytes = int64_t{4} * (batch + 1);
+  detail::require_disjoint("cache_seqlens", cache_seqlens, int64_t{4} * batch, "tile_scheduler_metadata",
+                           tile_scheduler_metadata, meta_bytes);
+  detail::require_disjoint("cache_seqlens", cache_seqlens, int64_t{4} * batch, "num_splits", num_splits,
+                           splits_bytes);
+  detail::require_disjoint("tile_scheduler_metadata", tile_scheduler_metadata, meta_bytes, "num_splits",
+                           num_splits, splits_bytes);
   if (cuda_device_present()) {
-    RelaxedCaptureScope relaxed;
+    detail::RelaxedCaptureScope relaxed;
     require_device_pointer("cache_seqlens", cache_seqlens);
     require_device_pointer("tile_scheduler_metadata", tile_scheduler_metadata);
     require_device_pointer("num_splits", num_splits);

@@ -214,8 +214,9 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const MlaDecodeParams
   if (threadIdx.x == 0 && blockIdx.z == 0) *lse = lse_out;
 }
 
-// Dynamic shared memory that caps the combine at ceil(ctas / SMs) resident CTAs per SM, and
-// raises the kernel's opt-in limit to it where needed. As a programmatic dependent launch the
+// Dynamic shared memory that caps the combine at ceil(ctas / SMs) resident CTAs per SM, with
+// the kernel's opt-in limit at the most a CTA may have (the same value from every thread: the
+// limit is the kernel's, shared by all threads, and the request varies with the shape). As a programmatic dependent launch the
 // combine's CTAs become resident while the decode still runs, each on the first SM with room,
 // up to 2048 / kThreads = 16 per SM: a grid of a few hundred CTAs (b = 1) would sit on a few
 // SMs (first those the decode leaves idle) and merge at their load rate (+1.2 to +2.1 us at
@@ -226,10 +227,10 @@ int combine_spread_smem(const void* kernel, int64_t ctas) {
   if (per_sm >= 2048 / kThreads) return 0;
   constexpr int64_t kReservedPerCta = 1024;  // shared memory the driver reserves per CTA
   const int static_smem = static_smem_bytes(kernel, "cudaFuncGetAttributes(combine_kernel)");
+  const int most = dev.smem_per_block_optin - static_smem;
   const int64_t fit = dev.smem_per_sm / per_sm - kReservedPerCta - static_smem;
-  const int dyn = static_cast<int>(std::clamp<int64_t>(fit, 0, dev.smem_per_block_optin - static_smem));
-  ensure_dynamic_smem(kernel, dyn, "cudaFuncSetAttribute(combine_kernel)");
-  return dyn;
+  ensure_dynamic_smem(kernel, most, "cudaFuncSetAttribute(combine_kernel)");
+  return static_cast<int>(std::clamp<int64_t>(fit, 0, most));
 }
 
 }  // namespace

@@ -20,6 +20,7 @@
 #include "flashmla/flashmla.h"
 #include "fp8_record.cuh"
 #include "internal.h"
+#include "launch.h"
 
 namespace flashmla {
 namespace {
@@ -186,10 +187,10 @@ void quantize_kv_fp8(const void* src_bf16, int64_t src_stride, void* dst_fp8, in
   const Rows src{"src_bf16", src_bf16, "src_stride", src_stride, 2, 2 * kHeadDim};
   const Rows dst{"dst_fp8", dst_fp8, "dst_stride", dst_stride, 1, kFp8TokenBytes};
   if (!check_args(src, dst, n_tokens)) return;
-  quantize_kernel<<<grid_for(n_tokens), kWarpsPerBlock * 32, 0, stream>>>(
-      static_cast<const char*>(src_bf16), 2 * src_stride, static_cast<char*>(dst_fp8), dst_stride,
-      n_tokens);
-  detail::check_cuda(cudaGetLastError(), "quantize_kv_fp8 launch");
+  (void)detail::current_device_info();  // an sm_90 device, or a clear error
+  detail::launch_plain(quantize_kernel, grid_for(n_tokens), dim3(kWarpsPerBlock * 32), 0, stream,
+                       "quantize_kv_fp8 launch", static_cast<const char*>(src_bf16), 2 * src_stride,
+                       static_cast<char*>(dst_fp8), dst_stride, n_tokens);
 }
 
 void dequantize_kv_fp8(const void* src_fp8, int64_t src_stride, void* dst_bf16,
@@ -197,10 +198,10 @@ void dequantize_kv_fp8(const void* src_fp8, int64_t src_stride, void* dst_bf16,
   const Rows src{"src_fp8", src_fp8, "src_stride", src_stride, 1, kFp8TokenBytes};
   const Rows dst{"dst_bf16", dst_bf16, "dst_stride", dst_stride, 2, 2 * kHeadDim};
   if (!check_args(src, dst, n_tokens)) return;
-  dequantize_kernel<<<grid_for(n_tokens), kWarpsPerBlock * 32, 0, stream>>>(
-      static_cast<const char*>(src_fp8), src_stride, static_cast<char*>(dst_bf16), 2 * dst_stride,
-      n_tokens);
-  detail::check_cuda(cudaGetLastError(), "dequantize_kv_fp8 launch");
+  (void)detail::current_device_info();
+  detail::launch_plain(dequantize_kernel, grid_for(n_tokens), dim3(kWarpsPerBlock * 32), 0, stream,
+                       "dequantize_kv_fp8 launch", static_cast<const char*>(src_fp8), src_stride,
+                       static_cast<char*>(dst_bf16), 2 * dst_stride, n_tokens);
 }
 
 }  // namespace flashmla

@@ -20,10 +20,35 @@ inline void require_disjoint(const char* a_name, const void* a, int64_t a_bytes,
     throw Error(std::string(b_name) + " must not overlap " + a_name);
 }
 
-// Throws flashmla::Error("<what>: <cuda error string>") when err != cudaSuccess.
+// Throws flashmla::Error("<what>: <cuda error string>") when err != cudaSuccess, after
+// clearing the thread's last-error state: a caller that catches the exception (e.g. to fall
+// back to another kernel) must not have its next, unrelated launch check report our error.
 inline void check_cuda(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw Error(std::string(what) + ": " + cudaGetErrorString(err));
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    throw Error(std::string(what) + ": " + cudaGetErrorString(err));
+  }
 }
+
+// Switches this thread's stream-capture mode to relaxed for its lifetime: pointer queries and
+// one-time setup (attribute queries, occupancy) are illegal in a global-mode capture, and a
+// call may be the first one made while the caller captures a graph.
+class RelaxedCaptureScope {
+ public:
+  RelaxedCaptureScope() {
+    ok_ = cudaThreadExchangeStreamCaptureMode(&mode_) == cudaSuccess;
+    if (!ok_) (void)cudaGetLastError();  // e.g. no device: the caller's checks report that
+  }
+  ~RelaxedCaptureScope() {
+    if (ok_) cudaThreadExchangeStreamCaptureMode(&mode_);
+  }
+  RelaxedCaptureScope(const RelaxedCaptureScope&) = delete;
+  RelaxedCaptureScope& operator=(const RelaxedCaptureScope&) = delete;
+
+ private:
+  cudaStreamCaptureMode mode_ = cudaStreamCaptureModeRelaxed;
+  bool ok_ = false;
+};
 
 // src/metadata.cu: the closed-form split plan of src/scheduler/plan.h on the GPU (one CTA),
 // no host sync.

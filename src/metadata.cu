@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "internal.h"
+#include "launch.h"
 #include "scheduler/plan.h"
 
 namespace flashmla::detail {
@@ -121,9 +122,9 @@ void launch_metadata(const int32_t* cache_seqlens, int batch, int num_parts, int
                      cudaStream_t stream) {
   if (num_parts < 1) throw Error("num_sm_parts must be >= 1, got " + std::to_string(num_parts));
   if (batch < 0) throw Error("batch must be >= 0, got " + std::to_string(batch));
-  metadata_kernel<<<1, kThreads, 0, stream>>>(cache_seqlens, batch, num_parts, ov,
-                                              tile_scheduler_metadata, num_splits);
-  check_cuda(cudaGetLastError(), "metadata_kernel launch");
+  (void)current_device_info();  // an sm_90 device, or a clear error
+  launch_plain(metadata_kernel, dim3(1), dim3(kThreads), 0, stream, "metadata_kernel launch", cache_seqlens,
+               batch, num_parts, ov, tile_scheduler_metadata, num_splits);
 }
 
 }  // namespace flashmla::detail

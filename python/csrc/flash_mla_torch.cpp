@@ -246,15 +246,20 @@ at::Tensor convert_records(const at::Tensor& src, int64_t dst_width, at::ScalarT
                            Convert convert) {
   const c10::cuda::CUDAGuard guard(src.device());
   at::Tensor rows = src.reshape({-1, src.size(-1)});
-  // The core reads each record as contiguous bytes: a view strided in its last dim is copied.
-  if (rows.size(0) > 0 && rows.stride(1) != 1) rows = rows.contiguous();
+  // The core reads each record as 16-byte chunks: rows must start 16-byte aligned, one row
+  // after the other at a stride of whole chunks, each contiguous. Any other view (a column
+  // slice, an odd row pitch) is copied into fresh memory; a single row's stride is never used.
+  const int64_t n = rows.size(0);
+  const int64_t chunk = 16 / rows.element_size();
+  const bool usable = n == 0 || (rows.stride(1) == 1 && reinterpret_cast<uintptr_t>(rows.data_ptr()) % 16 == 0 &&
+                                 (n == 1 || rows.stride(0) % chunk == 0));
+  if (!usable) rows = rows.clone(at::MemoryFormat::Contiguous);
+  const int64_t row_stride = n <= 1 ? rows.size(1) : rows.stride(0);
   auto out_shape = src.sizes().vec();
   out_shape.back() = dst_width;
   at::Tensor out = at::empty(out_shape, src.options().dtype(dst_dtype));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(src.device().index()).stream();
-  call_core([&] {
-    convert(rows.data_ptr(), rows.stride(0), out.data_ptr(), dst_width, rows.size(0), stream);
-  });
+  call_core([&] { convert(rows.data_ptr(), row_stride, out.data_ptr(), dst_width, n, stream); });
   return out;
 }
 

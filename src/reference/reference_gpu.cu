@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "internal.h"
+#include "launch.h"
 #include "seqlen.cuh"
 
 namespace flashmla::detail {
@@ -46,7 +47,9 @@ __global__ void __launch_bounds__(kThreads) reference_kernel(const MlaDecodePara
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
 
-  // Lengths cut to [0, the block_table row], as the kernels do (they write NaN past the row).
+  // Lengths cut to [0, the block_table row], as the kernels do; like them, a length outside
+  // [0, the row] (a broken caller contract) gives NaN (broken, below).
+  const bool broken = p.cache_seqlens[b] < 0 || seqlen_over_table(p, b);
   const int seqlen = max(kernel_seqlen(p, b), 0);
   int limit = seqlen;  // exclusive end of the keys this query row sees
   if (p.causal) limit = min(max(seqlen - p.seqlen_q + s + 1, 0), seqlen);
@@ -70,7 +73,11 @@ __global__ void __launch_bounds__(kThreads) reference_kernel(const MlaDecodePara
   for (int j = warp; j < limit; j += kWarps) {
     // j < limit <= seqlen, so only block_table entries below ceil(seqlen / page) and only valid
     // KV rows are ever read.
-    const int64_t page = pages[j / p.page_block_size];
+    // An id outside the cache (a broken caller contract) reads as the kernels read it: zeros
+    // for pages of >= 16 tokens (TMA), page 0 below (the gather).
+    int64_t page = pages[j / p.page_block_size];
+    const bool bad_page = page < 0 || page >= p.num_blocks;
+    if (bad_page) page = 0;
     const int64_t offset = page * p.k_block_stride + (j % p.page_block_size) * p.k_row_stride +
                            g * p.k_head_stride;
     float x[kQkPerLane];
@@ -92,6 +99,9 @@ __global__ void __launch_bounds__(kThreads) reference_kernel(const MlaDecodePara
     } else {
       const T* kv = k_cache + offset;
       for (int i = 0; i < kQkPerLane; ++i) x[i] = ElementOps<T>::to_float(kv[lane + 32 * i]);
+    }
+    if (bad_page && p.page_block_size >= 16) {  // sm90::kMinTmaPage
+      for (int i = 0; i < kQkPerLane; ++i) x[i] = 0.f;
     }
     float dot = 0.f;
     for (int i = 0; i < kQkPerLane; ++i) dot = fmaf(s_q[lane + 32 * i], x[i], dot);
@@ -132,11 +142,11 @@ __global__ void __launch_bounds__(kThreads) reference_kernel(const MlaDecodePara
     if (!empty) {
       for (int w = 0; w < kWarps; ++w) sum += s_acc[w][c];
     }
-    out[c] = ElementOps<T>::from_float(sum * inv_l);
+    out[c] = ElementOps<T>::from_float(broken ? NAN : sum * inv_l);
   }
   if (threadIdx.x == 0) {
     const int64_t lse_index = (static_cast<int64_t>(b) * p.num_heads_q + h) * p.seqlen_q + s;
-    p.lse[lse_index] = empty ? INFINITY : m_all + logf(l_all);
+    p.lse[lse_index] = broken ? NAN : empty ? INFINITY : m_all + logf(l_all);
   }
 }
 
@@ -146,10 +156,11 @@ void launch_reference_gpu(const MlaDecodeParams& p, cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(p.batch) * p.seqlen_q * p.num_heads_q;
   if (rows == 0) return;  // a zero-sized grid is a launch error; there is nothing to write
   if (rows > INT_MAX) throw Error("reference: batch * seqlen_q * num_heads_q exceeds INT_MAX");
+  (void)current_device_info();  // an sm_90 device, or a clear error
   dispatch_element(p.dtype, [&](auto element) {
-    reference_kernel<decltype(element)><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(p);
+    launch_plain(reference_kernel<decltype(element)>, dim3(static_cast<unsigned>(rows)), dim3(kThreads), 0,
+                 stream, "reference_kernel launch", p);
   });
-  check_cuda(cudaGetLastError(), "reference_kernel launch");
 }
 
 }  // namespace flashmla::detail

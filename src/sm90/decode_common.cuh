@@ -47,9 +47,12 @@ __device__ __forceinline__ int64_t kv_record_offset(const MlaDecodeParams& p, in
 // and both math warpgroups run the same walk, so they agree on every tile without talking.
 struct PartWalk {
   int batch_begin, block_begin, batch_end, block_end, split_begin;
+  // The starts clamped at 0: a garbage row (a misuse) with a negative start would index below
+  // cache_seqlens, the block table and out, and a start near INT_MIN would walk 2^31 sequences
+  // or wrap a tile's token position past the sequence end (review, session 22).
   __device__ explicit PartWalk(const int32_t* meta)
-      : batch_begin(meta[kMetaBeginBatch]),
-        block_begin(meta[kMetaBeginBlock]),
+      : batch_begin(max(meta[kMetaBeginBatch], 0)),
+        block_begin(max(meta[kMetaBeginBlock], 0)),
         batch_end(meta[kMetaEndBatch]),
         block_end(meta[kMetaEndBlock]),
         split_begin(meta[kMetaBeginSplit]) {}
@@ -71,8 +74,9 @@ __device__ __forceinline__ int gather_page(const MlaDecodeParams& p, int page) {
 // the combine reports the sequence (NaN) instead of anything being written out of bounds.
 __device__ __forceinline__ bool partial_slot_ok(const MlaDecodeParams& p, int first, int n_splits,
                                                 int64_t split) {
-  // int64: garbage num_splits must not wrap past the bounds.
-  return split >= 0 && split < static_cast<int64_t>(first) + n_splits &&
+  // int64: garbage num_splits must not wrap past the bounds. split >= first keeps a garbage
+  // split_begin from overwriting another sequence's slot.
+  return split >= 0 && split >= first && split < static_cast<int64_t>(first) + n_splits &&
          split < static_cast<int64_t>(p.batch) + p.num_sm_parts;
 }
 

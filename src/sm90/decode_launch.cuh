@@ -138,7 +138,14 @@ int wide_cluster_size(const MlaDecodeParams& p, unsigned m_tiles) {
     const char* e = std::getenv("FLASHMLA_CLUSTER");
     return e == nullptr || std::string(e) != "1";
   }();
-  static const bool fits = [] {
+  // Per (thread, device): a process-wide answer would be the first GPU's for every other.
+  thread_local std::vector<std::pair<int, bool>> known;
+  const int dev = current_device_info().device;
+  bool fits = false, found = false;
+  for (const auto& k : known)
+    if (k.first == dev) fits = k.second, found = true;
+  if (!found) {
+    RelaxedCaptureScope relaxed;  // the first call may come while the caller captures a graph
     const PdlLaunch launch(dim3(1, 1, 2), dim3(sm90::kThreads), sm90::kSmemBytes, nullptr, 2);
     int clusters = 0;
     if (cudaOccupancyMaxActiveClusters(&clusters, sm90::mla_decode_kernel<T>, &launch.cfg) !=
@@ -146,8 +153,9 @@ int wide_cluster_size(const MlaDecodeParams& p, unsigned m_tiles) {
       (void)cudaGetLastError();  // clear what the query set: no clusters is no launch error
       clusters = 0;
     }
-    return clusters > 0;
-  }();
+    fits = clusters > 0;
+    known.emplace_back(dev, fits);
+  }
   const bool tma16 = p.kv_format != KvFormat::kFP8WithScale && p.page_block_size >= sm90::kMinTmaPage;
   return enabled && fits && tma16 && m_tiles % 2 == 0 ? 2 : 1;
 }

@@ -387,6 +387,15 @@ TEST(Metadata, BadArgumentsAreNamed) {
       {[&] { flashmla::get_mla_metadata(nullptr, kBatch, kRows, 1, kParts, meta, splits, nullptr); }, "cache_seqlens"},
       {[&] { flashmla::get_mla_metadata(seqlens, kBatch, kRows, 1, kParts, nullptr, splits, nullptr); }, "tile_scheduler_metadata"},
       {[&] { flashmla::get_mla_metadata(seqlens, kBatch, kRows, 1, kParts, meta, nullptr, nullptr); }, "num_splits"},
+      // The plan is written while the lengths are read: no two of the three may overlap.
+      {[&] { flashmla::get_mla_metadata(seqlens, kBatch, kRows, 1, kParts, meta, const_cast<int32_t*>(seqlens), nullptr); },
+       "num_splits must not overlap cache_seqlens"},
+      {[&] { flashmla::get_mla_metadata(seqlens, kBatch, kRows, 1, kParts, const_cast<int32_t*>(seqlens), splits, nullptr); },
+       "tile_scheduler_metadata must not overlap cache_seqlens"},
+      {[&] { flashmla::get_mla_metadata(seqlens, kBatch, kRows, 1, kParts, meta, meta + 4, nullptr); },
+       "num_splits must not overlap tile_scheduler_metadata"},
+      {[&] { flashmla::get_mla_metadata(seqlens, kBatch, kRows, 1, kParts, meta + 1, splits, nullptr); },
+       "tile_scheduler_metadata must be 16-byte aligned"},
   };
   for (const Case& c : cases) {
     try {

@@ -527,6 +527,31 @@ def test_invalid_page_id_does_not_fault(page):
     _assert_matches(out[1:], lse[1:], q[1:], kv, table[1:], [200], causal=True)
 
 
+@pytest.mark.parametrize("kind", ["bf16-h16", "bf16-h32", "bf16-h128", "fp8-h16", "fp8-h32"])
+def test_garbage_metadata_does_not_hang(kind):
+    # Metadata rows that no plan writes (negative starts, INT_MIN / INT_MAX fields): the walks
+    # clamp them, so nothing is read or written out of bounds and no barrier waits forever. The
+    # answer is unspecified; the call returns and a correct call afterwards matches.
+    fmt, h = kind.split("-h")
+    h_q, fp8 = int(h), fmt == "fp8"
+    seqlens = [3000, 100, 0, 1500]
+    q, kv, table, lens = _case(seqlens, 1, h_q, 1)
+    cache = flash_mla.quantize_kv_fp8(kv) if fp8 else kv
+    meta, splits = get_mla_metadata(lens, h_q, 1)
+    lo, hi = -2**31, 2**31 - 1
+    bad = [[-1, 0, 0, 1, 0], [0, -1, 0, 1, 0], [0, lo, 0, 1, 0], [lo, lo, hi, hi, lo],
+           [1, hi, 1, hi, -5], [hi, 0, lo, 0, hi]]
+    garbage = meta.clone()
+    for r, row in enumerate(bad):
+        garbage[r % garbage.shape[0], :len(row)] = torch.tensor(row, dtype=torch.int32)
+    flash_mla_with_kvcache(q, cache, table, lens, ref.HEAD_DIM_V, garbage, splits, causal=True,
+                           is_fp8_kvcache=fp8)
+    torch.cuda.synchronize()
+    if not fp8:
+        out, lse = _run(q, kv, table, lens, causal=True)
+        _assert_matches(out, lse, q, kv, table, seqlens, causal=True)
+
+
 def test_num_splits_of_another_call_stays_in_bounds():
     # num_splits planned for 132 parts with metadata (and workspace) for 66: piece indices
     # point past the workspace. Nothing is written or read out of bounds (a later correct call
@@ -602,6 +627,18 @@ def test_fp8_quantize_matches_reference_bit_for_bit():
     pairs[:, ::2] = rows
     count, first = _differences(flash_mla.quantize_kv_fp8(pairs[:, ::2]), want)
     assert count == 0, f"last-dim stride 2: {count} bytes differ, first: {first}"
+    # Row pitches the core cannot stride over (580: not whole 16-byte chunks), a view starting
+    # 8 bytes into its buffer, and one row of a pitched buffer: copied or passed as they are,
+    # never refused.
+    odd = torch.full((n, 580), float("nan"), dtype=torch.bfloat16, device="cuda")
+    odd[:, :ref.HEAD_DIM] = rows
+    shifted = torch.full((n, 584), float("nan"), dtype=torch.bfloat16, device="cuda")
+    shifted[:, 4:4 + ref.HEAD_DIM] = rows
+    for name, view in (("pitch 580", odd[:, :ref.HEAD_DIM]), ("offset 8 bytes", shifted[:, 4:4 + ref.HEAD_DIM])):
+        count, first = _differences(flash_mla.quantize_kv_fp8(view), want)
+        assert count == 0, f"{name}: {count} bytes differ, first: {first}"
+    count, first = _differences(flash_mla.quantize_kv_fp8(wide[3:4, :ref.HEAD_DIM]), want[3:4])
+    assert count == 0, f"one row of a pitched buffer: {count} bytes differ, first: {first}"
     # The oracle run on the GPU (as make_fp8_kv_cache does for the decode tests) agrees too.
     count, first = _differences(ref.quantize_fp8_reference(rows), want)
     assert count == 0, f"reference on cuda vs cpu: {count} bytes differ, first: {first}"
