@@ -8,7 +8,7 @@
 # tests only, ~6 min); second: TESTS=0 REPS=1 NCU=0 (every variant once, FP8, ~6 min); third:
 # TESTS=0 REPS=1 FP8=0 (the second repeat, then ncu; name its files r2: REP0=1).
 set -o pipefail
-VARIANTS=${VARIANTS:-v23 comb quarter quarter4 merge merge4r tb tbov2 tbvec all}
+VARIANTS=${VARIANTS:-v23orig v23 comb quarter quarter4 merge merge4r tb tbov2 tbvec all}
 export PYTHONUNBUFFERED=1
 E=build/exp23
 R=$OUT/r; mkdir -p $R
@@ -43,7 +43,7 @@ for rep in $(seq $((1 + ${REP0:-0})) $((${REPS:-2} + ${REP0:-0}))); do
     timeout 60 $E/bench_$x --no-matrix --page 16 "${C32[@]}" --json $R/p_${x}_r$rep.json > $R/p_${x}_r$rep.log 2>&1; echo page16 $x rc=$? $(el)
   done
 done
-for x in $([ "${FP8:-1}" = 1 ] && echo v23 all); do  # FP8: the epilogue (vecepi), the combine, the merge
+for x in $([ "${FP8:-1}" = 1 ] && echo v23orig v23 all); do  # FP8: the epilogue (vecepi), the combine, the merge
   timeout 60 $E/bench_$x --no-matrix --fp8 "${C16[@]}" "${C32[@]}" --config 128,8192,64,1,1 --json $R/f_${x}_r1.json > $R/f_${x}_r1.log 2>&1; echo fp8 $x rc=$? $(el)
 done
 for f in decode_us sched_decode_us; do python3 $E/ab_table.py $R a $f mean; done | tee $R/ab_table.txt
