@@ -18,6 +18,7 @@
 #include "internal.h"
 #include "launch.h"
 #include "seqlen.cuh"
+#include "sm90/decode_config.h"
 
 namespace flashmla::detail {
 namespace {
@@ -100,7 +101,7 @@ __global__ void __launch_bounds__(kThreads) reference_kernel(const MlaDecodePara
       const T* kv = k_cache + offset;
       for (int i = 0; i < kQkPerLane; ++i) x[i] = ElementOps<T>::to_float(kv[lane + 32 * i]);
     }
-    if (bad_page && p.page_block_size >= 16) {  // sm90::kMinTmaPage
+    if (bad_page && p.page_block_size >= sm90::kMinTmaPage) {
       for (int i = 0; i < kQkPerLane; ++i) x[i] = 0.f;
     }
     float dot = 0.f;

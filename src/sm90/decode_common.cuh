@@ -110,12 +110,6 @@ struct TileCursor {
   }
 };
 
-// Page sizes: a 64-token tile is one box per 64x64 sub-tile when a page holds >= 64 tokens,
-// 64/page boxes per sub-tile for 16- and 32-token pages (each lands 1024-byte aligned, so the
-// 128B swizzle pattern is the one a 64-row box would have written), and a cp.async gather by
-// the whole producer warpgroup below 16 tokens, where TMA would issue up to 576 tiny boxes.
-constexpr int kMinTmaPage = 16;
-
 __device__ __forceinline__ int log2_pow2(int x) { return __ffs(x) - 1; }
 
 // The KV stages: the iter-th tile of the part lands in stage KvRing::slot(iter), which may be

@@ -15,6 +15,12 @@ constexpr int kSubTiles = kHeadDim / kSubCols;  // 9
 constexpr int kSubTileBytes = kBlockN * kSubCols * 2;  // 8 KiB: one TMA box
 constexpr int kTileBytes = kSubTiles * kSubTileBytes;  // 72 KiB per KV tile
 constexpr int kStages = 2;            // KV ring depth: Q + 2 tiles fill the 227 KiB
+// Page sizes: a 64-token tile is one box per 64x64 sub-tile when a page holds >= 64 tokens,
+// 64/page boxes per sub-tile for 16- and 32-token pages (each lands 1024-byte aligned, so the
+// 128B swizzle pattern is the one a 64-row box would have written), and a cp.async gather by
+// the whole producer warpgroup below 16 tokens, where TMA would issue up to 576 tiny boxes.
+// (The GPU reference reads a bad page id as TMA or the gather would: zeros or page 0.)
+constexpr int kMinTmaPage = 16;
 
 // Warpgroup roles: WG0 produces (TMA, or a cp.async gather / FP8 expansion), WG1 and WG2
 // compute. The math warpgroups take the tiles of a sequence piece in pairs, each computing S
