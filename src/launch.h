@@ -6,7 +6,6 @@
 #include <cuda_runtime.h>
 
 #include <string>
-
 #include <utility>
 #include <vector>
 
