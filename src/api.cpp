@@ -71,7 +71,14 @@ bool cuda_device_present() {
   return n > 0;
 }
 
-void require_device_pointer(const char* name, const void* ptr) {
+int current_device() {
+  int dev = 0;
+  detail::check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  return dev;
+}
+
+// `dev`: the current device (current_device(), queried once per call, not per buffer).
+void require_device_pointer(const char* name, const void* ptr, int dev) {
   cudaPointerAttributes attr{};
   const cudaError_t err = cudaPointerGetAttributes(&attr, ptr);
   if (err != cudaSuccess) {
@@ -84,8 +91,6 @@ void require_device_pointer(const char* name, const void* ptr) {
                 (attr.type == cudaMemoryTypeHost ? "pinned host memory" : "unregistered host memory"));
   // The kernels run on the current device; another GPU's memory is an illegal address there
   // (without peer access), which would end the CUDA context instead of raising an error.
-  int dev = 0;
-  detail::check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
   if (attr.type == cudaMemoryTypeDevice && attr.device != dev)
     throw Error(std::string(name) + " is on device " + str(attr.device) + ", but the current device is " +
                 str(dev) + " (the kernels run on the current device)");
@@ -112,7 +117,8 @@ void require_device_buffers(const Buffer (&buffers)[N]) {
   // call it deems unsafe and invalidate the capture: relaxed mode keeps validate() (and so
   // mla_decode) usable inside torch.cuda.graph capture.
   detail::RelaxedCaptureScope relaxed;
-  for (const Buffer& b : buffers) require_device_pointer(b.name, b.ptr);
+  const int dev = current_device();
+  for (const Buffer& b : buffers) require_device_pointer(b.name, b.ptr, dev);
 }
 
 // One dimension of a strided tensor whose innermost dimension is contiguous.
@@ -329,9 +335,10 @@ void get_mla_metadata(const int32_t* cache_seqlens, int batch, int rows_per_kv_h
                            num_splits, splits_bytes);
   if (cuda_device_present()) {
     detail::RelaxedCaptureScope relaxed;
-    require_device_pointer("cache_seqlens", cache_seqlens);
-    require_device_pointer("tile_scheduler_metadata", tile_scheduler_metadata);
-    require_device_pointer("num_splits", num_splits);
+    const int dev = current_device();
+    require_device_pointer("cache_seqlens", cache_seqlens, dev);
+    require_device_pointer("tile_scheduler_metadata", tile_scheduler_metadata, dev);
+    require_device_pointer("num_splits", num_splits, dev);
   }
   detail::launch_metadata(cache_seqlens, batch, num_sm_parts,
                           plan::split_overhead_blocks(rows_per_kv_head), tile_scheduler_metadata,
